@@ -1,0 +1,140 @@
+"""Base config shared by every experiment arm.
+
+Every field a module reads lives here, grouped by the module that reads it. Each module receives only its own
+sub-config (``config.model``, ``config.grpo``, ...) so nothing reads global state. Arms override fields in their own
+files (``configs/rods.py``, ``configs/static.py``, ...) and ``rods_jax.config_validation.validate`` checks the result.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.arm = "rods"  # rods | static | env_augment | random_seed | no_retire | static_pool | dynamic_sampling | offline
+  c.seed = 0
+
+  # --- model (rods_jax/models) ---
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "lab_tiny"  # lab_tiny | qwen3_0_6b | qwen3_4b | qwen2_5_7b | llama3_1_8b
+  c.model.checkpoint_dir = ""  # a local HF directory (config.json + safetensors + tokenizer); "" = from scratch
+  c.model.tokenizer_dir = ""  # "" with preset lab_tiny = build the lab tokenizer into <workdir>/tokenizer
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"
+
+  # --- mesh (rods_jax/sharding.py) ---
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1
+  c.mesh.fsdp = -1  # -1 = all remaining devices
+  c.mesh.tensor = 1
+
+  # --- environment (rods_jax/envs) ---
+  c.env = ml_collections.ConfigDict()
+  c.env.name = "toolworld"  # toolworld | bfcl
+  c.env.seed_split = "seeds"  # toolworld: seeds | offline ; bfcl: train
+  c.env.test_split = "test"
+  c.env.max_string_len = 200
+  c.env.max_calls_per_message = 4
+  c.env.max_message_chars = 2048
+  c.env.error_hints = False  # EnvTuning-style actionable hints in tool error messages (env_augment arm)
+  c.env.rerandomize_worlds = False  # toolworld: re-draw a task's entities each time it is sampled
+
+  # --- rollout (rods_jax/rollout) ---
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.tasks_per_step = 8  # B
+  c.rollout.k = 8  # rollouts per task (paper: 16)
+  c.rollout.temperature = 1.0
+  c.rollout.top_p = 1.0
+  c.rollout.top_k = 0  # 0 = off
+  c.rollout.max_steps_per_turn = 5
+  c.rollout.max_tokens_per_message = 48
+  c.rollout.max_trajectory_tokens = 320  # token budget per trajectory; past it the row is truncated
+  c.rollout.cache_capacity = 384  # KV slots per row (>= max_trajectory_tokens + one prefill chunk)
+  c.rollout.kv_bucket = 64  # attention length is rounded up to a multiple of this
+
+  # --- GRPO (rods_jax/rl) ---
+  c.grpo = ml_collections.ConfigDict()
+  c.grpo.advantage = "grpo"  # grpo | rloo | drgrpo
+  c.grpo.loss = "ppo_clip"
+  c.grpo.clip_low = 0.2
+  c.grpo.clip_high = 0.28
+  c.grpo.kl_coef = 0.01
+  c.grpo.kl_estimator = "low_var_kl"  # low_var_kl (k3) | k1 | k2
+  c.grpo.aggregation = "seq-mean-token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
+  c.grpo.eps = 1e-6
+  c.grpo.zero_std_tol = 1e-6
+  c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
+  c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
+
+  # --- optimizer ---
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-5
+  c.optim.warmup_steps = 0
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.grad_clip = 1.0
+
+  # --- supervised warm-up (rods_jax/rl/sft.py) ---
+  c.sft = ml_collections.ConfigDict()
+  c.sft.steps = 0  # 0 = skip (real checkpoints); the lab sets this
+  c.sft.batch_size = 32
+  c.sft.lr = 1e-3
+  c.sft.warmup_steps = 100
+  c.sft.weight_decay = 0.01
+  c.sft.seq_len = 320
+  c.sft.eval_every = 50
+  c.sft.select_by_zones = True  # keep the checkpoint with the largest seed boundary fraction (DESIGN §5)
+  c.sft.init_checkpoint = ""  # start GRPO from this warm-up checkpoint directory instead of running SFT
+
+  # --- RODS (rods_jax/rods) ---
+  c.rods = ml_collections.ConfigDict()
+  c.rods.alpha_low = 0.20  # hard < alpha_low <= boundary
+  c.rods.alpha_high = 0.85  # boundary <= alpha_high < mastered
+  c.rods.retire_high = 0.95
+  c.rods.retire_low = 0.20
+  c.rods.burn_in_low = 0.20
+  c.rods.beta = 0.20  # max injected per epoch as a fraction of the active pool
+  c.rods.p_max = 400
+  c.rods.seeds_per_step = 8  # M
+  c.rods.seeds_per_category = 2  # M_tau
+  c.rods.cooldown_steps = 13  # c
+  c.rods.stale_epochs = 3  # W
+  c.rods.seed_selection = "boundary"  # boundary | uniform (random_seed arm)
+  c.rods.synthesis = True
+  c.rods.retirement = True
+  c.rods.dynamic = True  # False: static_pool (synthesize once before training)
+  c.rods.static_pool_size = 400
+  c.rods.dynamic_sampling = False  # DAPO-style zero-variance group filtering with refill
+  c.rods.dynamic_sampling_max_rounds = 4
+
+  # --- synthesis (rods_jax/rods/synthesis) ---
+  c.synthesis = ml_collections.ConfigDict()
+  c.synthesis.backend = "template"  # template | sampler | openai
+  c.synthesis.endpoint = ""  # openai backend: base URL of an OpenAI-compatible server
+  c.synthesis.model_name = ""
+  c.synthesis.max_attempts = 3
+  c.synthesis.max_refinements = 1
+  c.synthesis.augment = True  # make miss_func / miss_param variants when the seed is of that category
+  c.synthesis.profile_tolerance = 0.0  # 0 = exact structural match
+  c.synthesis.request_queue_size = 64
+  c.synthesis.result_queue_size = 256
+  c.synthesis.process = True  # run the synthesizer in a separate process
+  c.synthesis.exchange_dir = ""  # multi-host: directory-based exchange instead of multiprocessing queues
+
+  # --- training schedule ---
+  c.train = ml_collections.ConfigDict()
+  c.train.total_trajectories = 25_600  # budget; x-axis of every curve
+  c.train.eval_every_trajectories = 6_400
+  c.train.eval_k = 1  # greedy held-out evaluation
+  c.train.eval_max_tasks = 400
+
+  # --- checkpoints and logging ---
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 3
+  c.checkpoint.async_save = True
+
+  c.logging = ml_collections.ConfigDict()
+  c.logging.every_steps = 1
+  c.logging.tensorboard = True
+  c.logging.progress_bar = True
+  return c

@@ -1,0 +1,41 @@
+"""rods_jax: GRPO + RODS (reward-driven online data synthesis) for multi-turn tool-use agents, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="rods_jax",
+    version="0.1.0",
+    description="JAX/Flax NNX trainer for multi-turn tool-use agents with GRPO and RODS",
+    packages=find_packages(include=["rods_jax", "rods_jax.*", "launch", "configs"]),
+    package_data={"rods_jax": ["data/*.json", "envs/bfcl/*.json"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "jaxlib>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.0",
+        "transformers>=4.50",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "ml-collections>=0.1.1",
+        "tensorflow-datasets>=4.9.7",
+        "array-record>=0.5",
+        "absl-py>=2.1",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "jinja2>=3.1",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+            "torch==2.13.0",
+        ],
+    },
+)
