@@ -1,0 +1,219 @@
+"""Orbax checkpoints of the training state plus host-side state.
+
+One checkpoint step holds two Orbax items:
+
+* ``arrays`` — a pytree ``{"params", "opt_state", "ref_params", "rng"}`` of ``jax.Array`` leaves, saved with
+  ``StandardSave`` (tensorstore, sharded: every process writes its own shards). Restoring takes a *target* pytree of
+  the same structure whose leaves carry the shardings wanted now, so a run saved on one mesh restores onto another
+  (e.g. saved fsdp=8, restored data=2 x tensor=4).
+* ``host`` — one JSON document: the step, how the RNG key was stored, and every named host-side state the caller
+  passes (replay buffer, synthesizer log position, numpy RNG state, ...). The JSON is written by the primary process.
+
+Keep-last-N, the save cadence and async writes come from ``config.checkpoint`` (``keep``, ``every_steps``,
+``async_save``). Usage::
+
+    ckpt = CheckpointManager(workdir / "checkpoints", config.checkpoint)
+    ckpt.save(TrainState(step, params, opt_state, ref_params, rng), {"buffer": buffer.state_dict()})
+    restored = ckpt.restore(target=TrainState(0, params, opt_state, ref_params, rng))   # latest step
+    ckpt.close()
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+_ARRAYS = "arrays"
+_HOST = "host"
+_FORMAT_VERSION = 1
+
+
+class TrainState(NamedTuple):
+  """Device-side training state. ``ref_params`` may be None (no KL reference); ``rng`` is a typed or raw key."""
+  step: int
+  params: PyTree
+  opt_state: PyTree
+  ref_params: PyTree | None
+  rng: jax.Array
+
+
+class Restored(NamedTuple):
+  state: TrainState
+  host_state: dict[str, Any]  # name -> the JSON-able value given to save()
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+  """The newest finished checkpoint step under ``directory``, or None when there is none (or no directory)."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return None
+  steps = ocp.utils.checkpoint_steps(directory)
+  return max(steps) if steps else None
+
+
+def numpy_rng_state(generator: np.random.Generator) -> dict[str, Any]:
+  """JSON-able state of a numpy Generator (for ``host_state``)."""
+  return generator.bit_generator.state
+
+
+def numpy_rng_from_state(state: Mapping[str, Any]) -> np.random.Generator:
+  """Inverse of ``numpy_rng_state``: a Generator that continues exactly where the saved one stopped."""
+  name = state["bit_generator"]
+  bit_generator_cls = getattr(np.random, name, None)
+  if bit_generator_cls is None:
+    raise ValueError(f"host_state numpy rng: unknown bit_generator {name!r}")
+  bit_generator = bit_generator_cls()
+  bit_generator.state = dict(state)
+  return np.random.Generator(bit_generator)
+
+
+def abstract_like(tree: PyTree) -> PyTree:
+  """``jax.ShapeDtypeStruct`` leaves (with the leaves' shardings) for a pytree of arrays or abstract arrays."""
+
+  def one(path, leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+      return leaf
+    if isinstance(leaf, jax.Array):
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    raise ValueError(f"checkpoint target leaf {jax.tree_util.keystr(path)} is a {type(leaf).__name__}; "
+                     "expected a jax.Array or jax.ShapeDtypeStruct with a sharding")
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def _is_typed_key(rng) -> bool:
+  return isinstance(rng, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+
+
+def _check_json_names(host_state: Mapping[str, Any]) -> None:
+  for name in host_state:
+    if not isinstance(name, str) or not name:
+      raise ValueError(f"host_state keys must be non-empty strings, got {name!r}")
+
+
+class CheckpointManager:
+  """Keep-last-N, optionally asynchronous checkpoints of ``TrainState`` + named host state in one directory."""
+
+  def __init__(self, directory: str | os.PathLike, cfg: ml_collections.ConfigDict):
+    """``cfg`` is ``config.checkpoint``: ``every_steps`` (save cadence), ``keep`` (last N kept), ``async_save``."""
+    if cfg.keep < 1:
+      raise ValueError(f"config.checkpoint.keep={cfg.keep} must be >= 1")
+    if cfg.every_steps < 1:
+      raise ValueError(f"config.checkpoint.every_steps={cfg.every_steps} must be >= 1")
+    self._directory = os.path.abspath(os.fspath(directory))
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=cfg.every_steps,
+        max_to_keep=cfg.keep,
+        enable_async_checkpointing=cfg.async_save,
+        create=True,
+    )
+    self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(_ARRAYS, _HOST))
+
+  @property
+  def directory(self) -> str:
+    return self._directory
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def should_save(self, step: int) -> bool:
+    return self._manager.should_save(step)
+
+  def save(self, state: TrainState, host_state: Mapping[str, Any] | None = None, *, force: bool = False) -> bool:
+    """Saves ``state`` at ``state.step`` if the cadence says so (or ``force``); returns whether it saved.
+
+    With ``async_save`` the arrays are copied off the device before this returns and written in the background, so
+    the caller may keep updating its state. ``host_state`` values must be JSON-able (dicts, lists, str, numbers).
+    """
+    host_state = {} if host_state is None else dict(host_state)
+    _check_json_names(host_state)
+    step = int(state.step)
+    typed_key = _is_typed_key(state.rng)
+    arrays = {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "ref_params": state.ref_params,
+        "rng": jax.random.key_data(state.rng) if typed_key else state.rng,
+    }
+    if state.ref_params is None:
+      del arrays["ref_params"]
+    host = {
+        "format_version": _FORMAT_VERSION,
+        "step": step,
+        "rng_impl": str(jax.random.key_impl(state.rng)) if typed_key else None,
+        "has_ref_params": state.ref_params is not None,
+        "state": host_state,
+    }
+    return self._manager.save(
+        step,
+        args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardSave(arrays), _HOST: ocp.args.JsonSave(host)}),
+        force=force,
+    )
+
+  def restore(self, target: TrainState, step: int | None = None) -> Restored:
+    """Restores ``step`` (default: the latest) onto ``target``'s structure, dtypes and shardings.
+
+    ``target`` leaves may be arrays (e.g. a freshly initialised state on the new mesh) or ``jax.ShapeDtypeStruct``s
+    with shardings; ``target.step`` is ignored. Raises FileNotFoundError when there is no checkpoint.
+    """
+    if step is None:
+      step = self._manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self._directory}")
+    elif step not in self._manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self._directory}; have {self.all_steps()}")
+    host = self._manager.restore(step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()}))[_HOST]
+    if host.get("format_version") != _FORMAT_VERSION:
+      raise ValueError(f"checkpoint step {step}: format_version {host.get('format_version')!r}, "
+                       f"expected {_FORMAT_VERSION}")
+    if host["has_ref_params"] != (target.ref_params is not None):
+      raise ValueError(f"checkpoint step {step}: has_ref_params={host['has_ref_params']} but target.ref_params is "
+                       f"{'None' if target.ref_params is None else 'given'}")
+    typed_key = host["rng_impl"] is not None
+    if typed_key != _is_typed_key(target.rng):
+      raise ValueError(f"checkpoint step {step}: rng saved as {'typed' if typed_key else 'raw'} key, target.rng is "
+                       f"{'typed' if _is_typed_key(target.rng) else 'raw'}")
+    rng_target = target.rng
+    if typed_key:
+      rng_target = jax.ShapeDtypeStruct(
+          jax.eval_shape(jax.random.key_data, target.rng).shape, np.uint32,
+          sharding=getattr(target.rng, "sharding", None))
+    abstract = {
+        "params": abstract_like(target.params),
+        "opt_state": abstract_like(target.opt_state),
+        "rng": abstract_like(rng_target),
+    }
+    if target.ref_params is not None:
+      abstract["ref_params"] = abstract_like(target.ref_params)
+    arrays = self._manager.restore(
+        step, args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract)}))[_ARRAYS]
+    rng = arrays["rng"]
+    if typed_key:
+      rng = jax.random.wrap_key_data(rng, impl=host["rng_impl"])
+    state = TrainState(step=int(host["step"]), params=arrays["params"], opt_state=arrays["opt_state"],
+                       ref_params=arrays.get("ref_params"), rng=rng)
+    return Restored(state=state, host_state=dict(host["state"]))
+
+  def wait_until_finished(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending async writes, then releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> CheckpointManager:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
