@@ -1,0 +1,86 @@
+"""Pure functions for the transformer's math: RMSNorm, RoPE (incl. Llama-3 scaling), grouped-query attention.
+
+Everything here is a plain function of arrays, so it is testable against a float64 numpy reference on its own.
+Statistics (norm variance, softmax) are always computed in float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Masked attention scores use a large finite value rather than -inf so a query row with no admissible key
+# (a padding query) yields a finite uniform average instead of NaN; such rows are never read.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """y = x / sqrt(mean(x^2, -1) + eps) * scale, statistics in float32, result in x.dtype."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (y.astype(x.dtype) * scale.astype(x.dtype))
+
+
+def rope_inv_freq(head_dim: int, theta: float, scaling: Mapping[str, Any] | None) -> np.ndarray:
+  """Inverse frequencies [head_dim/2] (float32), computed in float64.
+
+  Plain: inv_freq_i = theta^(-2i/d). linear: inv_freq / factor. llama3 (Llama 3.1): with wavelen = 2π/inv_freq,
+  L = original_max_position_embeddings, low = L/low_freq_factor, high = L/high_freq_factor:
+  wavelen > low -> inv_freq/factor; wavelen < high -> inv_freq; otherwise interpolate with
+  s = (L/wavelen - low_freq_factor)/(high_freq_factor - low_freq_factor): (1-s)·inv_freq/factor + s·inv_freq.
+  """
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+  rope_type = "default" if scaling is None else scaling.get("rope_type", scaling.get("type", "default"))
+  if rope_type == "default":
+    pass
+  elif rope_type == "linear":
+    inv_freq = inv_freq / float(scaling["factor"])
+  elif rope_type == "llama3":
+    factor = float(scaling["factor"])
+    lo, hi = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    inv_freq = np.where(medium, smoothed, scaled)
+  else:
+    raise ValueError(f"rope_type={rope_type!r} is not supported")
+  return inv_freq.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotary embedding, half-split (HF "rotate_half") convention.
+
+  x: [B, T, H, Dh], positions: [B, T]. With a = pos·inv_freq (float32), x = [x1, x2] halves:
+  out = [x1 cos a - x2 sin a, x2 cos a + x1 sin a].
+  """
+  angle = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+  cos = jnp.cos(angle)[:, :, None, :]
+  sin = jnp.sin(angle)[:, :, None, :]
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention.
+
+  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh]; mask: [B, T, S] bool (True = may attend). Query head h uses kv head
+  h // (H/Hkv). out[b,t,h] = Σ_s softmax_s(q·k_s/√Dh masked) v_s; scores and softmax in float32.
+  Returns [B, T, H, Dh] in q.dtype.
+  """
+  b, t, h, dh = q.shape
+  hkv = k.shape[2]
+  qg = q.reshape(b, t, hkv, h // hkv, dh)
+  scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / math.sqrt(dh))
+  scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, t, h, dh).astype(q.dtype)
