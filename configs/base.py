@@ -36,6 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.max_message_chars = 2048
   c.env.error_hints = False  # EnvTuning-style actionable hints in tool error messages (env_augment arm)
   c.env.rerandomize_worlds = False  # toolworld: re-draw a task's entities each time it is sampled
+  # bfcl (rods_jax/envs/bfcl): live-parser limits sized to BFCL's ground truth (its longest string argument is 6,813
+  # chars, in long_context), so every GT call is expressible in one message; max_calls_per_message is shared.
+  c.env.bfcl_max_message_chars = 16384
+  c.env.bfcl_max_string_len = 8192
+  c.env.bfcl_max_list_items = 64
+  c.env.bfcl_max_depth = 4
 
   # --- rollout (rods_jax/rollout) ---
   c.rollout = ml_collections.ConfigDict()
