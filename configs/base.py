@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.max_trajectory_tokens = 320  # token budget per trajectory; past it the row is truncated
   c.rollout.cache_capacity = 384  # KV slots per row (>= max_trajectory_tokens + one prefill chunk)
   c.rollout.kv_bucket = 64  # attention length is rounded up to a multiple of this
+  c.rollout.prefill_bucket = 32  # incremental-prefill width is rounded up to a multiple of this (few compilations)
+  c.rollout.stop_strings = ("<|im_end|>",)  # single-token stops besides EOS; add "</tool_call>" to stop after a call
 
   # --- GRPO (rods_jax/rl) ---
   c.grpo = ml_collections.ConfigDict()
@@ -66,6 +68,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.kl_estimator = "low_var_kl"  # low_var_kl (k3) | k1 | k2
   c.grpo.aggregation = "seq-mean-token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum
   c.grpo.eps = 1e-6
+  c.grpo.std_ddof = 1  # grpo advantage: group std with K - ddof (1 = unbiased, as verl / Tunix; 0 = population)
+  c.grpo.entropy_coef = 0.0  # entropy bonus c_H (EnvTuning used 0.001); 0 = metric only
   c.grpo.zero_std_tol = 1e-6
   c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
