@@ -1,0 +1,233 @@
+"""Validation of a full run config before anything is built.
+
+``validate(config, num_devices)`` raises ``ValueError`` whose message starts with the offending field
+(``config.mesh.data=3 ...``). It checks, in order: every key exists in ``configs/base.py`` with the base value's type
+(typos such as ``rods.pmax`` fail, with a suggestion); names that select code (arm, model preset, environment,
+advantage, loss, aggregation, KL estimator, seed selection, synthesis backend, dtype) are known; ranges; the arm's
+defining fields (``configs/arms.py``); and cross-field consistency (mesh vs device count, batch vs data-parallel size,
+alpha_low < alpha_high, cache capacity vs trajectory budget, ...).
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16")
+SYNTHESIS_BACKENDS = ("template", "sampler", "openai")
+ENV_SPLITS = {"toolworld": {"seed_split": ("seeds", "offline"), "test_split": ("test",)},
+              "bfcl": {"seed_split": ("train",), "test_split": ("test",)}}
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+  raise ValueError(f"config.{field}={value!r} {why}")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+      out[name + "."] = None  # marks a section
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def _check_keys_and_types(config, base) -> None:
+  have, want = _flatten(config), _flatten(base)
+  for name, value in have.items():
+    if name not in want:
+      label = name.rstrip(".")
+      close = difflib.get_close_matches(name, [k for k in want if k.count(".") == name.count(".")], n=1)
+      hint = f"; did you mean config.{close[0].rstrip('.')}?" if close else ""
+      raise ValueError(f"config.{label} is not a known field (configs/base.py defines every field){hint}")
+    if name.endswith("."):
+      continue
+    expected = want[name]
+    if expected is None or value is None:
+      continue
+    ok = (isinstance(value, bool) == isinstance(expected, bool)
+          and (isinstance(value, type(expected)) or (isinstance(expected, float) and isinstance(value, int))))
+    if not ok:
+      _fail(name, value, f"has type {type(value).__name__}; configs/base.py has {type(expected).__name__}")
+  for name in want:
+    if name not in have:
+      raise ValueError(f"config.{name.rstrip('.')} is missing (configs/base.py defines it)")
+
+
+def _one_of(field: str, value: Any, known) -> None:
+  if value not in known:
+    _fail(field, value, f"is not one of {sorted(known)}")
+
+
+def _check_names(c) -> None:
+  from configs import arms  # the arm table lives with the arm configs
+  from rods_jax import envs
+  from rods_jax.models import presets
+  from rods_jax.rl import advantages, losses
+  from rods_jax.rods import selector
+
+  _one_of("arm", c.arm, arms.ARMS)
+  _one_of("model.preset", c.model.preset, presets.PRESETS)
+  _one_of("model.dtype", c.model.dtype, DTYPES)
+  _one_of("model.param_dtype", c.model.param_dtype, DTYPES)
+  _one_of("env.name", c.env.name, envs.ENVIRONMENTS)
+  splits = ENV_SPLITS[c.env.name]
+  _one_of("env.seed_split", c.env.seed_split, splits["seed_split"])
+  _one_of("env.test_split", c.env.test_split, splits["test_split"])
+  _one_of("grpo.advantage", c.grpo.advantage, advantages.ADVANTAGES)
+  _one_of("grpo.loss", c.grpo.loss, losses.LOSSES)
+  _one_of("grpo.aggregation", c.grpo.aggregation, losses.AGGREGATIONS)
+  _one_of("grpo.kl_estimator", c.grpo.kl_estimator, losses.KL_ESTIMATORS)
+  _one_of("rods.seed_selection", c.rods.seed_selection, selector.SELECTIONS)
+  _one_of("synthesis.backend", c.synthesis.backend, SYNTHESIS_BACKENDS)
+
+
+def _at_least(field: str, value, low) -> None:
+  if value < low:
+    _fail(field, value, f"must be >= {low}")
+
+
+def _in_unit(field: str, value, *, low_open=False, high_open=False) -> None:
+  lo_ok = value > 0 if low_open else value >= 0
+  hi_ok = value < 1 if high_open else value <= 1
+  if not (lo_ok and hi_ok):
+    _fail(field, value, f"must lie in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+
+def _check_ranges(c) -> None:
+  r, g, o, rods = c.rollout, c.grpo, c.optim, c.rods
+  for name in ("tasks_per_step", "max_steps_per_turn", "max_tokens_per_message", "max_trajectory_tokens",
+               "cache_capacity", "kv_bucket"):
+    _at_least(f"rollout.{name}", r[name], 1)
+  _at_least("rollout.temperature", r.temperature, 0.0)
+  _in_unit("rollout.top_p", r.top_p, low_open=True)
+  _at_least("rollout.top_k", r.top_k, 0)
+  _in_unit("grpo.clip_low", g.clip_low, high_open=True)
+  _at_least("grpo.clip_high", g.clip_high, 0.0)
+  _at_least("grpo.kl_coef", g.kl_coef, 0.0)
+  if g.eps <= 0:
+    _fail("grpo.eps", g.eps, "must be > 0")
+  _at_least("grpo.zero_std_tol", g.zero_std_tol, 0.0)
+  _at_least("grpo.micro_batch", g.micro_batch, 1)
+  _at_least("grpo.updates_per_batch", g.updates_per_batch, 1)
+  for prefix, lr in (("optim.lr", o.lr), ("sft.lr", c.sft.lr)):
+    if lr <= 0:
+      _fail(prefix, lr, "must be > 0")
+  _in_unit("optim.b1", o.b1, high_open=True)
+  _in_unit("optim.b2", o.b2, high_open=True)
+  _at_least("optim.warmup_steps", o.warmup_steps, 0)
+  _at_least("optim.weight_decay", o.weight_decay, 0.0)
+  _at_least("optim.grad_clip", o.grad_clip, 0.0)
+  _at_least("sft.steps", c.sft.steps, 0)
+  _at_least("sft.batch_size", c.sft.batch_size, 1)
+  _at_least("sft.seq_len", c.sft.seq_len, 1)
+  for name in ("alpha_low", "alpha_high", "retire_high", "retire_low", "burn_in_low"):
+    _in_unit(f"rods.{name}", rods[name])
+  _in_unit("rods.beta", rods.beta, low_open=True)
+  _at_least("rods.p_max", rods.p_max, 0)
+  _at_least("rods.seeds_per_step", rods.seeds_per_step, 0)
+  _at_least("rods.seeds_per_category", rods.seeds_per_category, 1)
+  _at_least("rods.cooldown_steps", rods.cooldown_steps, 0)
+  _at_least("rods.stale_epochs", rods.stale_epochs, 1)
+  _at_least("rods.static_pool_size", rods.static_pool_size, 0)
+  _at_least("rods.dynamic_sampling_max_rounds", rods.dynamic_sampling_max_rounds, 1)
+  _at_least("synthesis.max_attempts", c.synthesis.max_attempts, 1)
+  _at_least("synthesis.max_refinements", c.synthesis.max_refinements, 0)
+  _in_unit("synthesis.profile_tolerance", c.synthesis.profile_tolerance)
+  _at_least("synthesis.request_queue_size", c.synthesis.request_queue_size, 1)
+  _at_least("synthesis.result_queue_size", c.synthesis.result_queue_size, 1)
+  _at_least("train.total_trajectories", c.train.total_trajectories, 1)
+  _at_least("train.eval_every_trajectories", c.train.eval_every_trajectories, 1)
+  _at_least("train.eval_k", c.train.eval_k, 1)
+  _at_least("train.eval_max_tasks", c.train.eval_max_tasks, 1)
+  _at_least("checkpoint.every_steps", c.checkpoint.every_steps, 1)
+  _at_least("checkpoint.keep", c.checkpoint.keep, 1)
+  _at_least("logging.every_steps", c.logging.every_steps, 1)
+  _at_least("env.max_string_len", c.env.max_string_len, 1)
+  _at_least("env.max_calls_per_message", c.env.max_calls_per_message, 1)
+  _at_least("env.max_message_chars", c.env.max_message_chars, 1)
+
+
+def resolve_mesh(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """Axis sizes {data, fsdp, tensor} with fsdp=-1 resolved; ValueError naming the field when they cannot fit."""
+  sizes = {}
+  for axis in ("data", "fsdp", "tensor"):
+    value = mesh_cfg[axis]
+    if value == 0 or value < -1 or (value == -1 and axis != "fsdp"):
+      allowed = "a positive int or -1 (all remaining devices)" if axis == "fsdp" else "a positive int"
+      _fail(f"mesh.{axis}", value, f"must be {allowed}")
+    sizes[axis] = value
+  fixed = sizes["data"] * sizes["tensor"] * (1 if sizes["fsdp"] == -1 else sizes["fsdp"])
+  if sizes["fsdp"] == -1:
+    if num_devices % fixed:
+      _fail("mesh.data", sizes["data"], f"x config.mesh.tensor={sizes['tensor']} = {fixed} does not divide the "
+            f"{num_devices} devices (config.mesh.fsdp=-1 takes the rest)")
+    sizes["fsdp"] = num_devices // fixed
+  elif fixed != num_devices:
+    _fail("mesh.data", sizes["data"], f"x config.mesh.fsdp={sizes['fsdp']} x config.mesh.tensor={sizes['tensor']} = "
+          f"{fixed} != {num_devices} devices")
+  return sizes
+
+
+def _check_consistency(c, num_devices: int) -> None:
+  from configs import arms
+
+  for dotted, required in arms.ARMS[c.arm].items():
+    section, field = dotted.split(".")
+    if c[section][field] != required:
+      _fail(dotted, c[section][field], f"contradicts config.arm={c.arm!r}, which requires {required!r} "
+            "(configs/arms.py)")
+  mesh = resolve_mesh(c.mesh, num_devices)
+  dp = mesh["data"] * mesh["fsdp"]
+  if c.rollout.k < 2:
+    _fail("rollout.k", c.rollout.k, "must be >= 2: group-relative advantages and the boundary detector need K >= 2 "
+          "rollouts per task")
+  rows = c.rollout.tasks_per_step * c.rollout.k
+  if rows % dp:
+    _fail("rollout.tasks_per_step", c.rollout.tasks_per_step,
+          f"x config.rollout.k={c.rollout.k} = {rows} rows is not divisible by data x fsdp = {dp}")
+  if rows % c.grpo.micro_batch:
+    _fail("grpo.micro_batch", c.grpo.micro_batch, f"does not divide the {rows} rows of a step "
+          "(rollout.tasks_per_step x rollout.k)")
+  if c.grpo.micro_batch % dp:
+    _fail("grpo.micro_batch", c.grpo.micro_batch, f"is not divisible by data x fsdp = {dp}")
+  if c.sft.steps > 0 and c.sft.batch_size % dp:
+    _fail("sft.batch_size", c.sft.batch_size, f"is not divisible by data x fsdp = {dp}")
+  if c.rods.alpha_low >= c.rods.alpha_high:
+    _fail("rods.alpha_low", c.rods.alpha_low, f"must be < config.rods.alpha_high={c.rods.alpha_high}")
+  if c.rods.retire_high < c.rods.alpha_high:
+    _fail("rods.retire_high", c.rods.retire_high, f"must be >= config.rods.alpha_high={c.rods.alpha_high} "
+          "(else boundary tasks would be retired as mastered)")
+  if c.rollout.cache_capacity < c.rollout.max_trajectory_tokens:
+    _fail("rollout.cache_capacity", c.rollout.cache_capacity,
+          f"must be >= config.rollout.max_trajectory_tokens={c.rollout.max_trajectory_tokens}")
+  if c.rollout.max_tokens_per_message > c.rollout.max_trajectory_tokens:
+    _fail("rollout.max_tokens_per_message", c.rollout.max_tokens_per_message,
+          f"exceeds config.rollout.max_trajectory_tokens={c.rollout.max_trajectory_tokens}")
+  if c.rods.synthesis and c.synthesis.backend == "openai":
+    if not c.synthesis.endpoint:
+      _fail("synthesis.endpoint", c.synthesis.endpoint, "must be set for synthesis.backend='openai'")
+    if not c.synthesis.model_name:
+      _fail("synthesis.model_name", c.synthesis.model_name, "must be set for synthesis.backend='openai'")
+  if c.model.preset != "lab_tiny" and not (c.model.checkpoint_dir or c.model.tokenizer_dir):
+    _fail("model.tokenizer_dir", c.model.tokenizer_dir, f"must be set (or config.model.checkpoint_dir) for preset "
+          f"{c.model.preset!r}: only lab_tiny builds its own tokenizer")
+  if c.train.total_trajectories < rows:
+    _fail("train.total_trajectories", c.train.total_trajectories, f"is less than one step's {rows} trajectories")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ValueError naming the first bad field of ``config`` for a run on ``num_devices`` devices."""
+  from configs import base
+
+  if num_devices < 1:
+    raise ValueError(f"num_devices={num_devices} must be >= 1")
+  _check_keys_and_types(config, base.get_config())
+  _check_names(config)
+  _check_ranges(config)
+  _check_consistency(config, num_devices)

@@ -1,0 +1,175 @@
+"""Every config file loads and validates; each arm keeps its defining fields; bad configs fail naming the field."""
+import glob
+import importlib
+import os
+
+import pytest
+
+from configs import arms, base, scales
+from rods_jax import config_validation
+
+ARM_NAMES = ("rods", "static", "env_augment", "random_seed", "no_retire", "static_pool", "dynamic_sampling", "offline")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(arm, scale="lab"):
+  return importlib.import_module(f"configs.{arm}").get_config(scale)
+
+
+def test_every_arm_has_a_file_and_an_entry():
+  files = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(_REPO, "configs", "*.py"))}
+  assert set(ARM_NAMES) == set(arms.ARMS)
+  assert set(ARM_NAMES) <= files
+  # Every config file is an arm, a sweep, or a helper module; nothing unvalidated hides in configs/.
+  assert files - set(ARM_NAMES) == {"__init__", "base", "arms", "scales", "sweep_pmax"}
+
+
+@pytest.mark.parametrize("arm", ARM_NAMES)
+def test_arm_loads_and_validates(arm):
+  config = _load(arm)
+  assert config.arm == arm
+  for num_devices in (1, 2, 8):
+    config_validation.validate(config, num_devices)
+  for dotted, value in arms.ARMS[arm].items():
+    section, field = dotted.split(".")
+    assert config[section][field] == value
+  # Apart from the arm's fields, nothing drifts from base (arms are comparable).
+  ref = base.get_config()
+  arms.apply_arm(ref, arm)
+  if arm == "offline":
+    ref.sft.steps = config.sft.steps
+  assert config.to_dict() == ref.to_dict()
+
+
+def test_arms_mean_what_the_paper_says():
+  c = {arm: _load(arm) for arm in ARM_NAMES}
+  assert c["rods"].rods.synthesis and c["rods"].rods.seed_selection == "boundary" and c["rods"].rods.retirement
+  assert not c["static"].rods.synthesis and not c["static"].rods.dynamic_sampling
+  assert c["dynamic_sampling"].rods.dynamic_sampling and not c["dynamic_sampling"].rods.synthesis
+  assert c["random_seed"].rods.seed_selection == "uniform" and c["random_seed"].rods.synthesis
+  assert not c["no_retire"].rods.retirement
+  assert not c["static_pool"].rods.dynamic
+  assert c["env_augment"].env.error_hints and c["env_augment"].rods.seed_selection == "uniform"
+  assert c["offline"].env.seed_split == "offline" and c["offline"].sft.steps > 0
+  assert not any(c[a].env.error_hints for a in ARM_NAMES if a != "env_augment")
+
+
+@pytest.mark.parametrize("arm", [a for a in ARM_NAMES if a != "offline"])
+def test_paper_scale_validates_on_a_slice(arm):
+  config = _load(arm, "paper")
+  assert config.model.preset == "qwen3_4b" and config.env.name == "bfcl"
+  assert config.rollout.tasks_per_step * config.rollout.k == 512
+  for num_devices in (8, 16, 32):
+    config_validation.validate(config, num_devices)
+
+
+def test_paper_scale_offline_is_refused_with_the_field():
+  with pytest.raises(ValueError, match=r"config\.env\.seed_split='offline' is not one of \['train'\]"):
+    config_validation.validate(_load("offline", "paper"), 16)
+  with pytest.raises(ValueError, match="scale 'huge'"):
+    scales.apply_scale(base.get_config(), "huge")
+
+
+def _set(dotted, value):
+  def mutate(c):
+    section, field = dotted.split(".")
+    c[section][field] = value
+  return mutate
+
+
+def _add(dotted, value):
+  def mutate(c):
+    section, field = dotted.split(".")
+    with c.unlocked():
+      setattr(c[section], field, value)
+  return mutate
+
+
+def _add_top(name, value):
+  def mutate(c):
+    setattr(c, name, value)
+  return mutate
+
+
+def _set_many(**fields):
+  def mutate(c):
+    for dotted, value in fields.items():
+      _set(dotted.replace("__", "."), value)(c)
+  return mutate
+
+
+BAD = [
+    (lambda c: setattr(c, "arm", "grpo_plus"), 8, r"config\.arm='grpo_plus' is not one of"),
+    (_set("mesh.data", 3), 8, r"config\.mesh\.data=3 x config\.mesh\.tensor=1 = 3 does not divide the 8 devices"),
+    (_set_many(mesh__data=2, mesh__fsdp=2, mesh__tensor=1), 8, r"config\.mesh\.data=2 x config\.mesh\.fsdp=2 .* != 8"),
+    (_set("mesh.tensor", -1), 8, r"config\.mesh\.tensor=-1 must be a positive int"),
+    (_set("mesh.fsdp", 0), 8, r"config\.mesh\.fsdp=0 must be"),
+    (_set_many(rollout__tasks_per_step=3, rollout__k=5, grpo__micro_batch=15), 2,
+     r"config\.rollout\.tasks_per_step=3 x config\.rollout\.k=5 = 15 rows is not divisible by data x fsdp = 2"),
+    (_set("grpo.micro_batch", 48), 1, r"config\.grpo\.micro_batch=48 does not divide the 64 rows"),
+    (_set_many(grpo__micro_batch=4, mesh__fsdp=8), 8, r"config\.grpo\.micro_batch=4 is not divisible by data x fsdp"),
+    (_set("rods.alpha_low", 0.9), 1, r"config\.rods\.alpha_low=0\.9 must be < config\.rods\.alpha_high=0\.85"),
+    (_set("rods.alpha_high", 0.2), 1, r"config\.rods\.alpha_low=0\.2 must be < config\.rods\.alpha_high=0\.2"),
+    (_set("rollout.k", 1), 1, r"config\.rollout\.k=1 must be >= 2"),
+    (_set("rods.beta", 0.0), 1, r"config\.rods\.beta=0\.0 must lie in \(0, 1\]"),
+    (_set("rods.beta", 1.5), 1, r"config\.rods\.beta=1\.5 must lie in \(0, 1\]"),
+    (_set("rods.p_max", -1), 1, r"config\.rods\.p_max=-1 must be >= 0"),
+    (_set("rollout.cache_capacity", 300), 1,
+     r"config\.rollout\.cache_capacity=300 must be >= config\.rollout\.max_trajectory_tokens=320"),
+    (_set("model.preset", "gpt5"), 1, r"config\.model\.preset='gpt5' is not one of"),
+    (_set("grpo.advantage", "ppo"), 1, r"config\.grpo\.advantage='ppo' is not one of"),
+    (_set("grpo.aggregation", "sum"), 1, r"config\.grpo\.aggregation='sum' is not one of"),
+    (_set("synthesis.backend", "gpt"), 1, r"config\.synthesis\.backend='gpt' is not one of"),
+    (_set("env.name", "webshop"), 1, r"config\.env\.name='webshop' is not one of"),
+    (_set("rods.seed_selection", "hardest"), 1, r"config\.rods\.seed_selection='hardest' is not one of"),
+    (_set("model.dtype", "float16"), 1, r"config\.model\.dtype='float16' is not one of"),
+    (_add("rods.pmax", 200), 1, r"config\.rods\.pmax is not a known field.*did you mean config\.rods\.p_max\?"),
+    (_add_top("optimizer", 1), 1, r"config\.optimizer is not a known field"),
+    (_add("grpo.kl_coeff", 0.1), 1, r"config\.grpo\.kl_coeff is not a known field.*config\.grpo\.kl_coef"),
+    (_set("rods.synthesis", False), 1, r"config\.rods\.synthesis=False contradicts config\.arm='rods'"),
+    (_set("env.error_hints", True), 1, r"config\.env\.error_hints=True contradicts config\.arm='rods'"),
+    (_set("synthesis.backend", "openai"), 1, r"config\.synthesis\.endpoint='' must be set"),
+    (_set("model.preset", "qwen3_4b"), 1, r"config\.model\.tokenizer_dir='' must be set"),
+    (_set("env.seed_split", "train"), 1, r"config\.env\.seed_split='train' is not one of \['offline', 'seeds'\]"),
+    (_set("rollout.top_p", 0.0), 1, r"config\.rollout\.top_p=0\.0 must lie in \(0, 1\]"),
+    (_set("optim.lr", 0.0), 1, r"config\.optim\.lr=0\.0 must be > 0"),
+    (_set("rods.retire_high", 0.8), 1, r"config\.rods\.retire_high=0\.8 must be >= config\.rods\.alpha_high"),
+    (_set("train.total_trajectories", 10), 1, r"config\.train\.total_trajectories=10 is less than one step"),
+]
+
+
+@pytest.mark.parametrize("mutate,num_devices,message", BAD, ids=[m for _, _, m in BAD])
+def test_bad_config_names_the_field(mutate, num_devices, message):
+  config = _load("rods")
+  mutate(config)
+  with pytest.raises(ValueError, match=message):
+    config_validation.validate(config, num_devices)
+
+
+def test_type_mismatch_and_missing_field():
+  from ml_collections import ConfigDict
+  d = _load("static").to_dict()
+  d["rods"]["p_max"] = 200.0  # a float where base has an int
+  with pytest.raises(ValueError, match=r"config\.rods\.p_max=200\.0 has type float; configs/base\.py has int"):
+    config_validation.validate(ConfigDict(d), 1)
+  d = _load("static").to_dict()
+  d["rods"]["synthesis"] = 0  # an int where base has a bool
+  with pytest.raises(ValueError, match=r"config\.rods\.synthesis=0 has type int"):
+    config_validation.validate(ConfigDict(d), 1)
+  d = _load("static").to_dict()
+  del d["grpo"]["kl_coef"]
+  with pytest.raises(ValueError, match=r"config\.grpo\.kl_coef is missing"):
+    config_validation.validate(ConfigDict(d), 1)
+  d = _load("static").to_dict()
+  d["optim"]["lr"] = 1  # an int where base has a float is fine
+  config_validation.validate(ConfigDict(d), 1)
+
+
+def test_resolve_mesh():
+  c = base.get_config()
+  assert config_validation.resolve_mesh(c.mesh, 8) == {"data": 1, "fsdp": 8, "tensor": 1}
+  c.mesh.data, c.mesh.tensor = 2, 2
+  assert config_validation.resolve_mesh(c.mesh, 8) == {"data": 2, "fsdp": 2, "tensor": 2}
+  c.mesh.fsdp = 1
+  with pytest.raises(ValueError, match=r"!= 8 devices"):
+    config_validation.resolve_mesh(c.mesh, 8)
