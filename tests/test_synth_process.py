@@ -1,0 +1,170 @@
+"""Asynchronous synthesizer machinery with injected trivial synthesize functions (the process, the queues, the
+directory exchange, restart after a kill, drop-oldest overflow, and no accepted task lost)."""
+import json
+import os
+import signal
+import threading
+import time
+import types
+
+import ml_collections
+import numpy as np
+import pytest
+
+from rods_jax.envs.task import Lineage, Task
+from rods_jax.rods.buffer import BufferConfig, ReplayBuffer
+from rods_jax.rods.queues import DirExchange, LocalRequestQueue, Outcome, Request
+from rods_jax.rods.synth_process import SynthClient, process_request, run_worker
+
+
+def make_task(tid, category="base"):
+  return Task(id=tid, env="toolworld", category=category, classes=("Files",), initial_state={"Files": {"x": 1}},
+              turns=("a", "b"), gt_calls=(({"name": "ls", "arguments": {}},), ()))
+
+
+def _variant(seed_task, rng, delay=0.0):
+  if delay:
+    time.sleep(delay)
+  if seed_task.id.startswith("bad"):
+    return types.SimpleNamespace(task=None, failure="vm_exec_failed")
+  if seed_task.id.startswith("boom"):
+    raise RuntimeError("hostile seed")
+  new_id = f"{seed_task.id}-v{int(rng.integers(1 << 40))}"
+  return types.SimpleNamespace(task=seed_task.replace(id=new_id, lineage=Lineage("synth", seed_task.id, 1, 0)),
+                               failure=None)
+
+
+def echo_factory():
+  return _variant
+
+
+def slow_factory():
+  return lambda t, rng: _variant(t, rng, delay=0.05)
+
+
+def syn_cfg(**kw):
+  c = dict(process=True, exchange_dir="", request_queue_size=64, result_queue_size=16)
+  c.update(kw)
+  return ml_collections.ConfigDict(c)
+
+
+def poll_until(client, n, timeout=60.0):
+  outs, t0 = [], time.monotonic()
+  while len(outs) < n and time.monotonic() - t0 < timeout:
+    outs += client.poll().outcomes
+    time.sleep(0.02)
+  return outs
+
+
+def test_process_request_success_failure_and_exception_never_raise():
+  ok = process_request(_variant, Request(3, make_task("s1").to_record(), "synthesize"), seed=0)
+  assert ok.failure == "" and Task.from_record(ok.record).lineage.parent_id == "s1" and ok.seed_id == "s1"
+  again = process_request(_variant, Request(3, make_task("s1").to_record(), "synthesize"), seed=0)
+  assert Task.from_record(again.record).id == Task.from_record(ok.record).id  # per-request RNG is deterministic
+  bad = process_request(_variant, Request(4, make_task("bad1").to_record(), "synthesize"), seed=0)
+  assert bad.record is None and bad.failure == "vm_exec_failed"
+  boom = process_request(_variant, Request(5, make_task("boom").to_record(), "synthesize"), seed=0)
+  assert boom.record is None and boom.failure == "pipeline_exception:RuntimeError"
+  garbage = process_request(_variant, Request(6, np.frombuffer(b"{not json", np.uint8).copy(), "synthesize"), 0)
+  assert garbage.record is None and garbage.failure.startswith("pipeline_exception")
+
+
+def test_local_request_queue_drops_oldest():
+  q = LocalRequestQueue(3)
+  drops = [q.put(Request(i, np.zeros(1, np.uint8), "synthesize")) for i in range(5)]
+  assert drops == [0, 0, 0, 1, 1] and q.dropped == 2
+  assert [q.pop().request_id for _ in range(3)] == [2, 3, 4] and q.pop() is None
+  with pytest.raises(ValueError, match="request_queue_size"):
+    LocalRequestQueue(0)
+
+
+def test_process_worker_serves_requests_and_overflow_drops_oldest():
+  with SynthClient(echo_factory, syn_cfg(request_queue_size=8), seed=1) as client:
+    seeds = [make_task(f"s{i}") for i in range(20)]
+    assert client.submit(seeds) == 12  # nothing consumed yet: the 12 oldest requests are dropped
+    outs = poll_until(client, 8)
+    assert sorted(o.seed_id for o in outs) == sorted(f"s{i}" for i in range(12, 20))
+    assert all(o.failure == "" for o in outs)
+    assert client.stats.dropped == 12 and client.stats.restarts == 0
+
+
+def test_killed_worker_is_restarted_and_no_accepted_task_is_lost(tmp_path):
+  log = str(tmp_path / "cand.jsonl")
+  buf = ReplayBuffer([make_task(f"s{i}") for i in range(4)],
+                     BufferConfig(p_max=100, beta=1.0, burn_in_low=0.2, retire_high=0.95, retire_low=0.2,
+                                  stale_epochs=3, retirement=True), log)
+  client = SynthClient(slow_factory, syn_cfg(), seed=2)
+  try:
+    client.submit([make_task(f"s{i % 4}") for i in range(30)])
+    staged = []
+    t0 = time.monotonic()
+    while len(staged) < 4 and time.monotonic() - t0 < 60:
+      for o in client.poll().outcomes:
+        if buf.stage(Task.from_record(o.record)):
+          staged.append(o.request_id)
+      time.sleep(0.01)
+    old_pid = client.pid
+    os.kill(old_pid, signal.SIGKILL)
+    while client.alive():
+      time.sleep(0.01)
+    t0 = time.monotonic()
+    while client.stats.received < 24 and time.monotonic() - t0 < 60:  # requests in flight at the kill are retried
+      for o in client.poll().outcomes:
+        if buf.stage(Task.from_record(o.record)):
+          staged.append(o.request_id)
+      time.sleep(0.01)
+    assert client.stats.restarts == 1 and client.pid != old_pid and client.alive()
+    assert len(staged) >= 24 and len(set(staged)) == len(staged)
+  finally:
+    client.close()
+  # Every accepted task is in the log, in order, and a fresh buffer recovers all of them.
+  logged = [json.loads(x)["id"] for x in open(log)]
+  assert logged == buf.staged_ids()
+  fresh = ReplayBuffer([make_task(f"s{i}") for i in range(4)], buf.config, log)
+  empty_state = ReplayBuffer([make_task(f"s{i}") for i in range(4)], buf.config, str(tmp_path / "x.jsonl"))
+  state = empty_state.state_dict()
+  state["log_offset"] = 0
+  assert fresh.load_state_dict(state) == logged
+
+
+def test_inline_mode_runs_in_the_trainer():
+  client = SynthClient(echo_factory, syn_cfg(process=False), seed=0)
+  client.submit([make_task("s0"), make_task("bad0")])
+  p = client.poll()
+  assert [o.failure for o in p.outcomes] == ["", "vm_exec_failed"] and p.would_wait_s >= 0.0
+  assert client.depths()["synth/request_depth"] == 0
+
+
+def test_directory_exchange_bounds_and_worker(tmp_path):
+  ex = DirExchange(str(tmp_path / "x"), request_limit=3, result_limit=2)
+  for i in range(5):
+    ex.put_request(Request(i, make_task(f"s{i}").to_record(), "synthesize"))
+  assert ex.dropped == 2 and ex.depths() == (3, 0)
+  stop = threading.Event()
+  served = []
+  th = threading.Thread(target=lambda: served.append(run_worker(ex, echo_factory, 0, stop)), daemon=True)
+  th.start()
+  t0 = time.monotonic()
+  while ex.depths() != (0, 2) and time.monotonic() - t0 < 10:
+    time.sleep(0.02)
+  time.sleep(0.3)
+  assert ex.depths() == (0, 2)  # the full results/ folder makes the worker wait with s4's outcome in hand
+  outs = ex.drain_results()
+  assert [o.seed_id for o in outs] == ["s2", "s3"]
+  t0 = time.monotonic()
+  while ex.depths()[1] < 1 and time.monotonic() - t0 < 10:
+    time.sleep(0.02)
+  outs = ex.drain_results()
+  stop.set()
+  th.join(5)
+  assert [o.seed_id for o in outs] == ["s4"] and served == [3]
+  assert Task.from_record(outs[0].record).lineage.parent_id == "s4"
+  assert os.listdir(tmp_path / "x" / "tmp") == []
+
+
+def test_directory_exchange_client_with_local_worker(tmp_path):
+  with SynthClient(echo_factory, syn_cfg(exchange_dir=str(tmp_path / "ex")), seed=3) as client:
+    client.submit([make_task(f"s{i}") for i in range(4)] + [make_task("bad9")])
+    outs = poll_until(client, 5)
+  assert sorted(o.seed_id for o in outs) == ["bad9", "s0", "s1", "s2", "s3"]
+  assert sum(o.record is None for o in outs) == 1
