@@ -19,11 +19,13 @@ import dataclasses
 import decimal
 import json
 import math
+import re
 from typing import Any, NamedTuple
 
 from rods_jax.envs.bfcl import data
 
 ERROR_PREFIX = "Error during execution: "
+_DUNDER_RE = re.compile(r"__\w+__")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,12 @@ def is_error_result(value: Any) -> bool:
 def _check_value(value: Any, limits: DispatchLimits, depth: int, path: str) -> None:
   if depth > limits.max_depth:
     raise ValueError(f"argument {path} nests deeper than {limits.max_depth}")
-  if value is None or isinstance(value, (bool, str)):
+  if isinstance(value, str):
+    if _DUNDER_RE.search(value):
+      # Never evaluated here, but a value that spells Python internals is never a legitimate BFCL argument.
+      raise ValueError(f"argument {path} contains a Python dunder name")
+    return
+  if value is None or isinstance(value, bool):
     return
   if isinstance(value, (int, float)):
     if isinstance(value, float) and not math.isfinite(value):
@@ -124,8 +131,8 @@ def _check_value(value: Any, limits: DispatchLimits, depth: int, path: str) -> N
     return
   if isinstance(value, dict):
     for k, v in value.items():
-      if not isinstance(k, str):
-        raise ValueError(f"argument {path} has a non-string key {k!r}")
+      if not isinstance(k, str) or _DUNDER_RE.search(k):
+        raise ValueError(f"argument {path} has an invalid key {str(k)[:40]!r}")
       _check_value(v, limits, depth + 1, f"{path}.{k}")
     return
   raise ValueError(f"argument {path} has type {type(value).__name__}; only JSON literals are accepted")
