@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.eps = 1e-6
   c.grpo.std_ddof = 1  # grpo advantage: group std with K - ddof (1 = unbiased, as verl / Tunix; 0 = population)
   c.grpo.entropy_coef = 0.0  # entropy bonus c_H (EnvTuning used 0.001); 0 = metric only
+  c.grpo.temperature = 1.0  # trainer log-probs use log softmax(z/τ): keep equal to rollout.temperature
   c.grpo.zero_std_tol = 1e-6
   c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
@@ -129,6 +130,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthesis.result_queue_size = 256
   c.synthesis.process = True  # run the synthesizer in a separate process
   c.synthesis.exchange_dir = ""  # multi-host: directory-based exchange instead of multiprocessing queues
+  c.synthesis.planner = "auto"  # auto (toolworld: its generator; bfcl: rename) | generator | rename
+  c.synthesis.max_string_len = 200  # critique gate: string arguments <= this many chars (paper App. G)
+  c.synthesis.max_list_len = 5  # critique gate: list arguments <= this many items
+  c.synthesis.max_query_chars = 1200  # a rewritten user query longer than this is rejected
+  c.synthesis.temperature = 1.0  # LLM backends (paper App. J: 1.0 / top_p 0.7)
+  c.synthesis.top_p = 0.7
+  c.synthesis.max_new_tokens = 512  # per LLM completion
+  c.synthesis.timeout_s = 60.0  # openai backend: per HTTP request
+  c.synthesis.http_retries = 2  # openai backend: retries on connection errors / 429 / 5xx
+  c.synthesis.api_key_env = ""  # openai backend: env var holding a bearer token ("" = no Authorization header)
+  c.synthesis.checkpoint_dir = ""  # sampler backend: HF checkpoint of the generator ("" = caller passes a model)
 
   # --- training schedule ---
   c.train = ml_collections.ConfigDict()

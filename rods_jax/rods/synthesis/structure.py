@@ -1,0 +1,88 @@
+"""The synthesizer's view of an environment: structural profile Φ, planner choice, tool names, messages.
+
+Φ comes from ``rods_jax.envs.profile`` (the environment engineer's extractor, the same one the loop logs), so "the
+variant's profile matches the seed's" means the same thing everywhere.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rods_jax.envs.task import Task
+from rods_jax.rods.synthesis import plan
+
+PLANNERS = ("auto", "generator", "rename")
+
+
+def profile(env, task: Task) -> Any:
+  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
+  return profile_lib.profile(task, env)
+
+
+def profiles_match(a: Any, b: Any, tolerance: float) -> bool:
+  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
+  return bool(profile_lib.profiles_match(a, b, tolerance))
+
+
+def describe_mismatch(a: Any, b: Any) -> str:
+  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
+  sim = profile_lib.profile_similarity(a, b)
+  diffs = []
+  for field in ("num_turns", "depth", "category", "functions_per_turn", "classes_per_turn", "cross_turn_edges"):
+    va, vb = getattr(a, field, None), getattr(b, field, None)
+    if va != vb:
+      diffs.append(f"{field}: seed {va} vs new {vb}")
+  return f"similarity {sim:.3f}; " + "; ".join(diffs[:3])
+
+
+def depth(p: Any) -> int:
+  return int(getattr(p, "depth", 1))
+
+
+def cross_turn_edges(p: Any) -> int:
+  edges = getattr(p, "cross_turn_edges", 0)
+  return len(edges) if isinstance(edges, (list, tuple)) else int(edges)
+
+
+def function_names(env, task: Task) -> tuple[str, ...]:
+  names = set()
+  for t in range(task.num_turns):
+    for tool in env.tools_at(task, t):
+      names.add(tool.get("function", tool).get("name"))
+  return tuple(sorted(n for n in names if isinstance(n, str)))
+
+
+def miss_func_message(env) -> str:
+  if env.name == "bfcl":
+    from rods_jax.envs.bfcl import data  # pylint: disable=g-import-not-at-top
+    return data.MISS_FUNC_MESSAGE
+  from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
+  return toolworld.MISS_FUNC_MESSAGE
+
+
+def make_planner(env, cfg) -> plan.Planner:
+  """cfg.planner: auto (toolworld → its generator, others → rename) | generator | rename."""
+  choice = str(cfg.planner)
+  if choice not in PLANNERS:
+    raise ValueError(f"config.synthesis.planner={choice!r} not in {PLANNERS}")
+  if choice == "rename" or (choice == "auto" and env.name != "toolworld"):
+    return plan.RenamePlanner(env)
+  if env.name != "toolworld":
+    raise ValueError(f"config.synthesis.planner='generator' needs an environment with a generator, not {env.name}")
+  from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
+  return plan.GeneratorPlanner(toolworld.generate, lambda seed: profile(env, seed))
+
+
+def make_perturber(env, cfg) -> plan.Planner:
+  """The env_augment perturbation: toolworld re-draws the world entities; other environments rename."""
+  del cfg
+  if env.name == "toolworld":
+    from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
+    return plan.GeneratorPlanner(lambda seed, rng: toolworld.rerandomize(seed, rng), lambda seed: seed)
+  return plan.RenamePlanner(env)
+
+
+def expected_ok(planner: plan.Planner, seed: Task):
+  """Per flat call, whether it must succeed: the seed's own outcome for rename plans (all True otherwise)."""
+  if isinstance(planner, plan.RenamePlanner):
+    return planner.analysis(seed).oks
+  return None
