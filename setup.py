@@ -20,6 +20,7 @@ setup(
         "numpy>=1.26",
         "ml-collections>=0.1.1",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources>=6.0",  # tfds builders import it (code_path) when TensorFlow is absent
         "array-record>=0.5",
         "absl-py>=2.1",
         "matplotlib>=3.8",
