@@ -134,7 +134,7 @@ class Synthesizer:
 
   def _profile_check(self, seed_profile):
     def check(trace: execute.ExecTrace) -> str | None:
-      new_profile = structure.profile(self.env, trace.task)
+      new_profile = structure.profile(self.env, trace.task, trace.outputs)
       if structure.profiles_match(seed_profile, new_profile, float(self.cfg.profile_tolerance)):
         return None
       return structure.describe_mismatch(seed_profile, new_profile)
@@ -167,7 +167,7 @@ class Synthesizer:
     if bool(self.cfg.augment) and seed.category in augment.AUGMENTABLE and task.category != seed.category:
       task = augment.augment(structure.miss_func_message(self.env), task, seed.category, rng, log,
                              user_values_per_turn=[s.user_values for s in specs])
-      if not structure.profiles_match(seed_profile, structure.profile(self.env, task), float(self.cfg.profile_tolerance)):
+      if not structure.profiles_match(seed_profile, structure.profile(self.env, task, None), float(self.cfg.profile_tolerance)):
         raise SynthesisFailure(failures.PROFILE_MISMATCH, "augmented variant's profile differs from the seed's")
     return self._finish(seed, task, rng, step, "synth", log)
 

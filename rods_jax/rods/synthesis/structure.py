@@ -13,9 +13,24 @@ from rods_jax.rods.synthesis import plan
 PLANNERS = ("auto", "generator", "rename")
 
 
-def profile(env, task: Task) -> Any:
+def class_of(env, task: Task):
+  """function name -> API class: ``env.function_class`` (protocol), or BFCL's owner table for the task's classes."""
+  if hasattr(env, "function_class"):
+    return env.function_class
+  if env.name == "bfcl":
+    from rods_jax.envs.bfcl import backends  # pylint: disable=g-import-not-at-top
+    return backends.function_owner(task.classes).__getitem__
+  raise ValueError(f"environment {env.name} exposes no function_class(name); the profile Φ needs it")
+
+
+def profile(env, task: Task, outputs: tuple[str, ...] | None = None) -> Any:
+  """Φ(task) with ``rods_jax.envs.profile``; ``outputs`` (flat, in call order) saves re-executing the ground truth."""
   from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
-  return profile_lib.profile(task, env)
+  if outputs is None:
+    outputs = plan.analyse(env, task).outputs
+  it = iter(outputs)
+  results = [[next(it) for _ in turn] for turn in task.gt_calls]
+  return profile_lib.profile_from_results(task, results, class_of(env, task))
 
 
 def profiles_match(a: Any, b: Any, tolerance: float) -> bool:
@@ -27,7 +42,7 @@ def describe_mismatch(a: Any, b: Any) -> str:
   from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
   sim = profile_lib.profile_similarity(a, b)
   diffs = []
-  for field in ("num_turns", "depth", "category", "functions_per_turn", "classes_per_turn", "cross_turn_edges"):
+  for field in ("category", "turns", "classes", "edges", "depth", "cross_turn_edges"):
     va, vb = getattr(a, field, None), getattr(b, field, None)
     if va != vb:
       diffs.append(f"{field}: seed {va} vs new {vb}")
