@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from configs import base as base_config
 from rods_jax.envs import make_env, parsing, protocol
@@ -402,3 +403,63 @@ def test_mutating_table_matches_observation():
     assert sorted(sum(groups.values(), [])) == sorted(data.function_names(cls))
   assert {"mkdir", "mv", "rm", "touch", "echo", "cp"} <= set(table["GorillaFileSystem"]["mutating"])
   assert "cd" in table["GorillaFileSystem"]["read_only"]
+
+
+# --- categories: miss_param, long_context; fuzzing the dispatcher ----------------------------------------------------
+
+def test_miss_param_turn_must_stay_silent(all_tasks):
+  rng = np.random.default_rng(13)
+  checked = 0
+  for task in [all_tasks["miss_param"][i] for i in rng.choice(200, 20, replace=False)]:
+    empty = [t for t, turn in enumerate(task.gt_calls) if not turn]
+    assert empty, task.id  # every miss_param task has a turn whose parameter is missing
+    t = empty[0]
+    calls = [list(turn) for turn in task.gt_calls]
+    calls[t] = [copy.deepcopy(task.gt_calls[t + 1][0])] if t + 1 < task.num_turns and task.gt_calls[t + 1] else \
+        [{"name": "ls", "arguments": {}}]
+    r = env.score(task, calls)
+    assert not r.turn_state[t] and not r.turn_exec[t] and not r.success
+    gts = data.raw_ground_truth("miss_param")[task.id]
+    assert parity.official_verdict(task, gts, calls) is False
+    checked += 1
+  assert checked == 20
+
+
+def test_long_context_loads_bloated_state(all_tasks):
+  for lc in [all_tasks["long_context"][i] for i in (0, 60, 110, 160)]:  # one scenario per domain
+    plain = lc.replace(meta={**lc.meta, "long_context": False})
+    w_lc, w_plain = env.BfclWorld(lc), env.BfclWorld(plain)
+    assert not w_lc.same_state(w_plain), lc.id
+    size = lambda w: len(json.dumps(execution.to_jsonable(
+        {c: backends.public_state(o) for c, o in w.backends.instances.items()})))
+    if "GorillaFileSystem" in lc.classes:  # the file system gets extra files / long contents
+      assert size(w_lc) > size(w_plain) + 1000, lc.id
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans()
+    | st.integers() | st.floats()
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=12), inner,
+                                                        max_size=4),
+    max_leaves=12)
+
+
+def test_dispatcher_fuzz_never_raises_and_rejections_change_nothing(all_tasks):
+  task = all_tasks["base"][0]
+  names = sorted(env.offered_names(task, 0))
+  fresh = env.BfclWorld(task)
+
+  @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+  @given(name=st.one_of(st.sampled_from(names + ["__init__", "_load_scenario", "eval", "__class__"]),
+                        st.text(max_size=20)),
+         args=st.one_of(st.dictionaries(st.text(max_size=12), _json_values, max_size=4), _json_values))
+  def check(name, args):
+    world = env.BfclWorld(task)
+    out = backends.execute_call(world.backends, env.offered_names(task, 0), name, args)
+    assert isinstance(out.result, str) and isinstance(out.error, bool)
+    if out.result.startswith(backends.ERROR_PREFIX):
+      assert world.same_state(fresh)
+
+  check()
