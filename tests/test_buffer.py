@@ -287,3 +287,19 @@ def test_config_validation_names_the_field():
                                       stale_epochs=3, retirement=True))
   with pytest.raises(ValueError, match="config.rods.beta"):
     BufferConfig.from_rods(rc)
+
+
+def test_static_pool_initial_injection_and_frozen_epochs(tmp_path):
+  buf = ReplayBuffer(seeds(4), cfg(p_max=5, beta=0.25), str(tmp_path / "l.jsonl"))
+  for i in range(7):
+    buf.stage(make_task(f"g{i}", origin="synth"))
+  assert buf.inject_initial() == [f"g{i}" for i in range(5)]  # no β cap, P_max still holds
+  assert buf.num_generated == 5 and buf.staged_ids() == ["g5", "g6"]
+  s = buf.sample(9)
+  assert s.epoch_end and sorted(t.id for t in s.tasks) == sorted(buf.active_ids())
+  for t in s.tasks:
+    buf.observe(t.id, 0.0, 0)  # would evict every generated task under the lifecycle
+  rep = buf.end_epoch(lifecycle=False)
+  assert not rep.injected and not rep.evicted and buf.num_generated == 5 and buf.epoch == 1
+  with pytest.raises(RuntimeError, match="before training starts"):
+    buf.inject_initial()

@@ -267,10 +267,37 @@ class ReplayBuffer:
             or any(t.id == task_id for t in self._staged))
 
   # ---------------------------------------------------------------- lifecycle
-  def end_epoch(self) -> EpochReport:
-    """Runs burn-in, retirement, pruning and injection (module docstring), then starts the next epoch's order."""
+  def inject_initial(self, max_n: int | None = None) -> list[str]:
+    """Injects staged candidates (FIFO, up to P_max and ``max_n``) into the pool before training starts, without
+    the β cap.
+
+    The static_pool arm's one-off pool. Only allowed before the first sample of the first epoch.
+    """
+    if self._epoch != 0 or self._cursor != 0:
+      raise RuntimeError(f"inject_initial() is only allowed before training starts (epoch {self._epoch}, "
+                         f"{self._cursor} tasks sampled)")
+    n_in = max(0, min(self._cfg.p_max - len(self._gen), len(self._staged)))
+    n_in = n_in if max_n is None else min(n_in, int(max_n))
+    injected = [t.id for t in self._staged[:n_in]]
+    for task in self._staged[:n_in]:
+      self._gen[task.id] = task
+      self._gen_info[task.id] = {"injected_epoch": 0, "last_seen_epoch": 0}
+    self._staged = self._staged[n_in:]
+    self._counters["injected"] += len(injected)
+    self._new_order()
+    return injected
+
+  def end_epoch(self, lifecycle: bool = True) -> EpochReport:
+    """Runs burn-in, retirement, pruning and injection (module docstring), then starts the next epoch's order.
+
+    ``lifecycle=False`` (static arms: a fixed pool) only starts the next epoch's order.
+    """
     cfg = self._cfg
     ended = self._epoch
+    if not lifecycle:
+      self._epoch = ended + 1
+      self._new_order()
+      return EpochReport(ended, [], [], [], [], [], [], 0, len(self._staged))
     evicted, mastered, unsolvable, stale = [], [], [], []
     for gid in list(self._gen):
       hist = self._history.get(gid, [])

@@ -24,8 +24,6 @@ from rods_jax.rods.queues import (DirExchange, LocalRequestQueue, Outcome, Queue
 
 SynthFn = Callable[[Task, np.random.Generator], Any]
 MODES = ("synthesize", "perturb")
-# Requests handed to the worker process at once; the rest wait in the trainer's drop-oldest queue.
-_WINDOW = 2
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -154,6 +152,9 @@ class SynthClient:
     if self._result_size < 1:
       raise ValueError(f"config.synthesis.result_queue_size must be >= 1, got {self._result_size}")
     self._pending = LocalRequestQueue(int(synthesis_cfg.request_queue_size))
+    # Requests handed to the worker at once (it works through them between polls); the rest wait in the trainer's
+    # drop-oldest queue, so stale seeds are the ones dropped when the worker falls behind.
+    self._window = max(2, int(synthesis_cfg.request_queue_size) // 2)
     self._in_flight: dict[int, Request] = {}
     self._next_id = 0
     self.stats = ClientStats()
@@ -170,13 +171,13 @@ class SynthClient:
     self._stop = self._ctx.Event()
     if self._exchange is not None:
       args = (self._exchange.root, self._exchange.request_limit, self._exchange.result_limit, self._stop,
-              self._factory, self._seed + 7919 * self.stats.restarts)
+              self._factory, self._seed)
       target = _exchange_main
     else:
       # Fresh queues on every start: a killed worker may have died holding a queue's lock.
-      self._req_q = self._ctx.Queue(maxsize=_WINDOW + 1)
+      self._req_q = self._ctx.Queue(maxsize=self._window + 1)
       self._res_q = self._ctx.Queue(maxsize=self._result_size)
-      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed + 7919 * self.stats.restarts)
+      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed)
       target = _process_main
     self._proc = self._ctx.Process(target=target, args=args, daemon=True, name="rods-synthesizer")
     self._proc.start()
@@ -237,7 +238,7 @@ class SynthClient:
     return Poll(outcomes=outs, drain_s=time.perf_counter() - t0, would_wait_s=float(sum(o.seconds for o in outs)))
 
   def _feed(self) -> None:
-    while len(self._in_flight) < _WINDOW and len(self._pending):
+    while len(self._in_flight) < self._window and len(self._pending):
       req = self._pending.pop()
       try:
         self._req_q.put_nowait(tuple(req))
@@ -267,6 +268,19 @@ class SynthClient:
         res = -1
     return {"synth/request_depth": len(self._pending), "synth/in_flight": len(self._in_flight),
             "synth/result_depth": res}
+
+  def state_dict(self) -> dict[str, Any]:
+    """Request numbering and counters: a resumed run never reuses a request id (ids seed the worker's RNG)."""
+    return {"next_request_id": self._next_id, "seed": self._seed, "stats": dataclasses.asdict(self.stats)}
+
+  def load_state_dict(self, state: dict[str, Any]) -> None:
+    self._next_id = int(state["next_request_id"])
+    self.stats = ClientStats(**{k: int(v) for k, v in state["stats"].items()})
+    if int(state["seed"]) != self._seed:
+      self._seed = int(state["seed"])
+      if self._proc is not None:  # the running worker has the old seed
+        self.close()
+        self._start()
 
   def close(self, timeout: float = 5.0) -> None:
     if self._proc is None:

@@ -1,0 +1,187 @@
+"""The data side of one RODS step: buffer sampling, observations, seed selection, synthesis requests and results.
+
+The loop calls, per step::
+
+    sample = cur.next_tasks(B)                        # from the active pool (epoch-ordered)
+    ... rollout K each, learner step -> GroupStats ...
+    metrics = cur.after_update(sample, stats, step)   # observe r̄, select seeds, submit, drain results, stage,
+                                                      # and at an epoch boundary run the buffer's lifecycle
+
+The arm decides what happens (configuration, not code): ``rods.synthesis`` False = a static pool (no selection, no
+worker, epochs only reshuffle); ``rods.seed_selection`` = boundary | uniform; ``mode`` = "synthesize" | "perturb"
+(env_augment); ``rods.dynamic`` False = static_pool (the pool is built once by ``build_static_pool`` and frozen).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from rods_jax.envs.task import Lineage, Task
+from rods_jax.rods import observability
+from rods_jax.rods.buffer import ReplayBuffer, Sample
+from rods_jax.rods.selector import SeedSelector
+from rods_jax.rods.synth_process import SynthClient
+
+CANDIDATE_LOG = "candidates.jsonl"
+
+
+class Curriculum:
+  """Buffer + selector + synthesizer client, and their checkpointable state.
+
+  Args:
+    seeds: the seed split (protected pool).
+    rods_cfg: ``config.rods``.
+    synthesis_cfg: ``config.synthesis``.
+    workdir: the run directory (the candidate log lives in it).
+    synth_factory: picklable zero-argument callable building ``synth_fn(seed_task, rng)`` in the worker; None when
+      ``rods_cfg.synthesis`` is False.
+    mode: "synthesize" | "perturb".
+    seed: base seed of the buffer, selector and worker RNGs.
+  """
+
+  def __init__(self, seeds: Sequence[Task], rods_cfg, synthesis_cfg, workdir: str,
+               synth_factory: Callable[[], Any] | None, mode: str, seed: int):
+    self.synthesis = bool(rods_cfg.synthesis)
+    self.dynamic = bool(rods_cfg.dynamic)
+    if self.synthesis and synth_factory is None:
+      raise ValueError("config.rods.synthesis=True needs a synthesizer factory")
+    self.buffer = ReplayBuffer(seeds, rods_cfg, os.path.join(workdir, CANDIDATE_LOG), seed=seed)
+    self.selector = SeedSelector(rods_cfg, seed=seed + 1)
+    self.client = SynthClient(synth_factory, synthesis_cfg, seed=seed + 2, mode=mode) if self.synthesis else None
+    self.failures: dict[str, int] = {}
+    self._first_rbars: list[float] = []
+
+  # ------------------------------------------------------------------------------------------ per step
+  def next_tasks(self, n: int) -> Sample:
+    return self.buffer.sample(n)
+
+  def observe(self, task_ids: Sequence[str], stats: Any, step: int) -> list[float]:
+    """Records each task's r̄; returns the r̄ of generated tasks observed for the first time."""
+    mean = np.asarray(stats.mean, np.float64).reshape(-1)
+    firsts = []
+    for tid, r in zip(task_ids, mean):
+      if self.buffer.observe(tid, float(np.clip(r, 0.0, 1.0)), step):
+        firsts.append(float(r))
+    return firsts
+
+  def after_update(self, sample: Sample, stats: Any, step: int, *, lifecycle: bool | None = None) -> dict[str, Any]:
+    """Observation, selection, synthesis traffic and (at the end of an epoch) the lifecycle; returns metrics."""
+    ids = [t.id for t in sample.tasks]
+    cats = [t.category for t in sample.tasks]
+    metrics: dict[str, Any] = observability.zone_metrics(stats, cats)
+    firsts = self.observe(ids, stats, step)
+    if firsts:
+      metrics["synth/first_rbar_mean"] = float(np.mean(firsts))
+      metrics["synth/first_rbar_n"] = len(firsts)
+    metrics.update(self.exchange(ids, cats, stats, step))
+    if sample.epoch_end:
+      metrics.update(self.end_epoch(lifecycle))
+    metrics.update(self.buffer.composition())
+    metrics["epoch"] = self.buffer.epoch
+    return metrics
+
+  def exchange(self, ids: Sequence[str], cats: Sequence[str], stats: Any, step: int) -> dict[str, Any]:
+    """Seed selection → requests, and draining validated tasks into staging (never waits on the worker)."""
+    out: dict[str, Any] = {}
+    if self.client is None or not self.dynamic:
+      return out
+    seeds = self.selector.select(ids, cats, stats, step)
+    self.buffer.count("requested", len(seeds))
+    dropped = self.client.submit([self.buffer.get(s) for s in seeds])
+    out["synth/seeds_sent"] = len(seeds)
+    out["synth/requests_dropped"] = dropped
+    out.update(self.drain(step))
+    return out
+
+  def drain(self, step: int) -> dict[str, Any]:
+    poll = self.client.poll()
+    staged = self._stage_outcomes(poll.outcomes, step)
+    out = {"synth/staged_now": staged, "synth/drain_s": poll.drain_s, "synth/would_wait_s": poll.would_wait_s,
+           "synth/restarts": self.client.stats.restarts, "synth/dropped_total": self.client.stats.dropped}
+    out.update(self.client.depths())
+    out.update(observability.funnel_metrics(self.buffer.counters, self.failures))
+    return out
+
+  def _stage_outcomes(self, outcomes, step: int) -> int:
+    staged = 0
+    self.buffer.count("executed", len(outcomes))
+    for o in outcomes:
+      if o.record is None:
+        self.failures[o.failure or "unknown"] = self.failures.get(o.failure or "unknown", 0) + 1
+        continue
+      try:
+        task = Task.from_record(o.record)
+      except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:  # a corrupt record never crashes the run
+        kind = f"bad_record:{type(e).__name__}"
+        self.failures[kind] = self.failures.get(kind, 0) + 1
+        continue
+      staged += self.buffer.stage(self._with_lineage(task, o.seed_id, step))
+    return staged
+
+  def _with_lineage(self, task: Task, seed_id: str, step: int) -> Task:
+    """Stamps lineage from the trainer's view: parent = the requested seed, generation = parent's + 1."""
+    try:
+      parent_gen = self.buffer.get(seed_id).lineage.generation
+    except KeyError:  # the parent left the pool while its request was in flight
+      parent_gen = int(task.lineage.generation) - 1 if task.lineage.generation > 0 else 0
+    origin = task.lineage.origin if task.lineage.origin in ("synth", "augment") else "synth"
+    return task.replace(lineage=Lineage(origin=origin, parent_id=seed_id or task.lineage.parent_id,
+                                        generation=parent_gen + 1, birth_step=int(step)))
+
+  def end_epoch(self, lifecycle: bool | None = None) -> dict[str, Any]:
+    lifecycle = (self.synthesis and self.dynamic) if lifecycle is None else lifecycle
+    return observability.epoch_metrics(self.buffer.end_epoch(lifecycle=lifecycle))
+
+  # ------------------------------------------------------------------------------------------ static pool
+  def build_static_pool(self, group_stats_fn: Callable[[list[Task]], Any], batch_size: int, size: int,
+                        max_passes: int, timeout_s: float) -> dict[str, Any]:
+    """static_pool arm: one pass (or more) over the seeds with the warm-up policy, boundary seeds → synthesis until
+    ``size`` candidates are staged, then all of them enter the pool at once; the pool stays fixed afterwards.
+
+    ``group_stats_fn(tasks)`` rolls the tasks out (no update) and returns their GroupStats.
+    """
+    if self.client is None:
+      raise ValueError("build_static_pool needs config.rods.synthesis=True")
+    t0 = time.perf_counter()
+    seeds = self.buffer.active_ids()
+    passes = 0
+    step = -1
+    while self.buffer.num_staged < size and passes < max_passes:
+      for i in range(0, len(seeds), batch_size):
+        tasks = [self.buffer.get(t) for t in seeds[i:i + batch_size]]
+        stats = group_stats_fn(tasks)
+        sent = self.selector.select([t.id for t in tasks], [t.category for t in tasks], stats, step)
+        self.buffer.count("requested", len(sent))
+        self.client.submit([self.buffer.get(s) for s in sent])
+        self._stage_outcomes(self.client.poll().outcomes, step)
+      passes += 1
+      step -= 1
+    deadline = time.monotonic() + timeout_s  # before training the trainer may wait for its pool
+    while self.buffer.num_staged < size and time.monotonic() < deadline and self.client.depths()[
+        "synth/request_depth"] + self.client.depths()["synth/in_flight"] > 0:
+      self._stage_outcomes(self.client.poll().outcomes, step)
+      time.sleep(0.05)
+    injected = self.buffer.inject_initial(max_n=size)
+    return {"static_pool/size": len(injected), "static_pool/passes": passes,
+            "static_pool/seconds": time.perf_counter() - t0}
+
+  # ------------------------------------------------------------------------------------------ state
+  def state_dict(self) -> dict[str, Any]:
+    return {"buffer": self.buffer.state_dict(), "selector": self.selector.state_dict(),
+            "failures": dict(self.failures), "synth_log_offset": self.buffer.log_offset,
+            "client": self.client.state_dict() if self.client is not None else None}
+
+  def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
+    """Restores; returns the candidate ids re-staged from the log (accepted after the checkpoint)."""
+    self.selector.load_state_dict(state["selector"])
+    self.failures = {str(k): int(v) for k, v in state["failures"].items()}
+    if self.client is not None and state.get("client") is not None:
+      self.client.load_state_dict(state["client"])
+    return self.buffer.load_state_dict(state["buffer"])
+
+  def close(self) -> None:
+    if self.client is not None:
+      self.client.close()
