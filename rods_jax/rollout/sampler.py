@@ -1,0 +1,131 @@
+"""Stateless sampler core: jitted prefill and decode over one per-row KV cache (gemma ``_sampler_loop`` style).
+
+Cache convention: every token a row has seen, prompt and sampled alike, is in the cache, and ``DecodeState.logits``
+holds each row's next-token logits. So a decode step samples from the stored logits, then feeds the sampled token
+through ``model.extend`` (which writes it at slot ``length[b]`` and returns the logits for the token after it). A row
+that samples a stop token still writes it, so the cache never holds a "pending" token and an incremental prefill of
+the environment's delta can follow directly.
+
+Shapes stay static: the attention length ``kv_len`` is a static multiple of a bucket chosen by the host, the output
+buffer width ``M`` is fixed, and rows that are stopped are masked (``valid=False``) rather than removed. The decode
+state, cache included, is donated, so XLA updates it in place (a copying cache was 8x slower, lab_feasibility §6).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rods_jax.rollout.sampling import SamplingParams, sample_tokens
+
+
+class DecodeState(NamedTuple):
+  """Per-row decoding state; a pytree carried through ``lax.while_loop`` and donated between calls.
+
+  Attributes:
+    cache: the model's KV cache (k, v: [L, B, S, Hkv, Dh], length: [B]).
+    logits: [B, V] float32 next-token logits of each row.
+    active: [B] bool, the row is still sampling in this segment.
+    n_new: [B] int32, tokens sampled in this segment.
+    max_new: [B] int32, per-row cap on tokens in this segment (<= M).
+    tokens: [B, M] int32 sampled tokens of this segment (row b's first n_new[b] entries are meaningful).
+    logps: [B, M] float32 their log-probs (``sampling.token_logps`` convention).
+    rng: PRNG key.
+  """
+  cache: Any
+  logits: jax.Array
+  active: jax.Array
+  n_new: jax.Array
+  max_new: jax.Array
+  tokens: jax.Array
+  logps: jax.Array
+  rng: jax.Array
+
+
+def _merge(graphdef, params):
+  return nnx.merge(graphdef, *params) if isinstance(params, tuple) else nnx.merge(graphdef, params)
+
+
+def round_up(n: int, multiple: int) -> int:
+  """Smallest multiple of ``multiple`` that is >= max(n, 1)."""
+  return max(1, -(-int(n) // multiple)) * multiple
+
+
+def kv_bucket(max_slot: int, bucket: int, capacity: int) -> int:
+  """Static attention length covering slots [0, max_slot): max_slot rounded up to ``bucket``, at most ``capacity``."""
+  if max_slot > capacity:
+    raise ValueError(f"needs {max_slot} KV slots but rollout.cache_capacity is {capacity}")
+  return min(round_up(max_slot, bucket), capacity)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "kv_len"), donate_argnames=("cache", "logits"))
+def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid: jax.Array, *, kv_len: int):
+  """Appends each row's valid prefix of ``tokens`` to its cache and returns (cache, next-token logits [B, V]).
+
+  Row b's ``valid[b]`` must be a prefix of True; a row with no valid token keeps its cache and its old logits (so a
+  batched incremental prefill touches only the rows that have something to append).
+  """
+  model = _merge(graphdef, params)
+  last, cache = model.extend(tokens, valid, cache, kv_len=kv_len, last_only=True)
+  n = jnp.sum(valid, axis=1)
+  return cache, jnp.where((n > 0)[:, None], last.astype(jnp.float32), logits)
+
+
+def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, sampling: SamplingParams, kv_len: int):
+  model = _merge(graphdef, params)
+  rows = jnp.arange(state.tokens.shape[0])
+  width = state.tokens.shape[1]
+
+  def cond(s: DecodeState):
+    return jnp.any(s.active)
+
+  def body(s: DecodeState):
+    rng, sub = jax.random.split(s.rng)
+    tok, lp = sample_tokens(s.logits, sub, sampling)
+    act = s.active
+    slot = jnp.where(act, s.n_new, width)  # out of range -> dropped for inactive rows
+    tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
+    logps = s.logps.at[rows, slot].set(lp, mode="drop")
+    n_new = s.n_new + act.astype(jnp.int32)
+    out, cache = model.extend(tok[:, None], act[:, None], s.cache, kv_len=kv_len, last_only=True)
+    logits = jnp.where(act[:, None], out.astype(jnp.float32), s.logits)
+    stopped = jnp.any(tok[:, None] == stop_ids, axis=-1) | (n_new >= s.max_new)
+    return DecodeState(cache, logits, act & ~stopped, n_new, s.max_new, tokens, logps, rng)
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+decode = jax.jit(_decode_loop, static_argnames=("graphdef", "sampling", "kv_len"), donate_argnames=("state",))
+decode.__doc__ = """Samples until every row stops: a stop token (row's ``stop_ids``, -1 padded) or ``max_new`` tokens.
+
+Args:
+  graphdef, params: ``nnx.split(model)`` (params may be a tuple of states).
+  state: DecodeState with ``active``/``max_new`` set and ``n_new`` = 0 (donated).
+  stop_ids: [B, S] int32 per-row stop token sets, padded with -1.
+  sampling: static SamplingParams.
+  kv_len: static attention length; must cover cache.length + max_new for every active row.
+Returns the final DecodeState (early exit as soon as no row is active).
+"""
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def repeat_rows(cache, logits: jax.Array, k: int):
+  """Broadcasts a group's prefilled prompt to its K rollout rows: row b -> rows b*K .. b*K+K-1.
+
+  The cache's batch axis is 1 for the k/v arrays ([L, B, S, H, D]) and 0 for ``length`` ([B]).
+  """
+  rep = lambda x, axis: jnp.repeat(x, k, axis=axis)
+  return cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), length=rep(cache.length, 0)), rep(logits, 0)
+
+
+def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, width: int, rng) -> DecodeState:
+  """A fresh segment: host arrays for ``active`` and ``max_new``; output buffers of width ``width``."""
+  b = int(active.shape[0])
+  return DecodeState(
+      cache=cache, logits=logits, active=jnp.asarray(active, jnp.bool_), n_new=jnp.zeros((b,), jnp.int32),
+      max_new=jnp.asarray(max_new, jnp.int32), tokens=jnp.zeros((b, width), jnp.int32),
+      logps=jnp.zeros((b, width), jnp.float32), rng=rng)
