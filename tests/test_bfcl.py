@@ -136,6 +136,7 @@ def test_every_ground_truth_scores_full(all_tasks):
       r = env.score(t, [list(turn) for turn in t.gt_calls])
       assert r.success and r.progress == 1.0 and all(r.turn_state) and all(r.turn_exec), t.id
       assert r.n_calls == sum(len(turn) for turn in t.gt_calls) and r.turns_closed == t.num_turns
+      assert r.n_parse_errors == 0
   assert multi_turn_utils_instances() == []
 
 
@@ -254,8 +255,9 @@ def test_environment_protocol_and_live_gt(all_tasks):
         released = env.released_at(task, t)
         assert msg.endswith(task.turns[t])
         if released:  # BFCL's prompting format: the new docs, then the message
-          docs = json.loads(msg[: -len(task.turns[t]) - 1])
-          assert sorted(d["name"] for d in docs) == sorted(released)
+          schemas = json.loads(msg[: -len(task.turns[t]) - 1])
+          assert sorted(parsing.tool_name(d) for d in schemas) == sorted(released)
+          assert all(d in ep.system_tools() for d in schemas)
         else:
           assert msg == task.turns[t]
         for k in range(0, len(turn), 4):
@@ -334,7 +336,7 @@ def test_hostile_calls_are_error_observations_and_change_nothing(all_tasks, tmp_
   ex = execution.execute_calls(task, [hostile])
   assert all(ex.errors[0]) and not any(ex.mutated[0])
   r = env.score(task, [hostile] + [[] for _ in range(task.num_turns - 1)])
-  assert r.n_calls == len(hostile) and r.n_errors == len(hostile) and not r.success
+  assert r.n_calls == r.n_errors == r.n_parse_errors == len(hostile) and not r.success
   # the same payloads as model text in a live episode
   ep = make_env("bfcl", _cfg()).new_episode(task)
   for call in hostile:

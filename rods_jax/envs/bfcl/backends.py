@@ -47,9 +47,11 @@ class DispatchLimits:
 
 
 class CallOutcome(NamedTuple):
-  """One executed call: the serialised result the model sees, and whether it was an error."""
+  """One call: the serialised result the model sees, whether it was an error, and whether it was refused before
+  reaching a backend (unknown / not offered name, invalid arguments)."""
   result: str
   error: bool
+  rejected: bool = False
 
 
 @dataclasses.dataclass
@@ -168,13 +170,13 @@ def execute_call(backends: Backends, allowed: frozenset[str] | set[str], name: A
   if not isinstance(name, str) or name not in allowed or name.startswith("_"):
     shown = name[:64] if isinstance(name, str) else repr(type(name).__name__)
     # bfcl's eval reports an unknown name as a NameError with this text.
-    return CallOutcome(f"{ERROR_PREFIX}name '{shown}' is not defined", True)
+    return CallOutcome(f"{ERROR_PREFIX}name '{shown}' is not defined", True, True)
   if name not in backends.owner:
-    return CallOutcome(f"{ERROR_PREFIX}name '{name}' is not defined", True)
+    return CallOutcome(f"{ERROR_PREFIX}name '{name}' is not defined", True, True)
   try:
     validate_arguments(name, arguments, limits)
   except (ValueError, TypeError, OverflowError) as e:
-    return CallOutcome(f"{ERROR_PREFIX}{e}", True)
+    return CallOutcome(f"{ERROR_PREFIX}{e}", True, True)
   method = getattr(backends.instances[backends.owner[name]], name)
   mp_dps = _mpmath_dps()
   try:

@@ -6,9 +6,9 @@
 * ``tools_at(task, turn)`` — OpenAI-style schemas offered at a turn: every function of the task's classes minus the
   miss_func functions held back until a later turn.
 * ``BfclEpisode`` — the live episode: protocol.TurnEpisode (parser, per-turn checks) with BFCL's miss_func message: the
-  user message of a turn that releases held-out functions carries their docs, as BFCL's prompting handler does
-  (``DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_PROMPTING = "{functions}\\n" + message``). ``system_tools()`` also
-  changes at that turn, for renderers that re-send the tool list.
+  user message of a turn that releases held-out functions carries their schemas (same OpenAI form as the system
+  tools), as BFCL's prompting handler does (``"{functions}\\n" + message``); the system prompt cannot change
+  mid-episode under token-in/token-out. ``system_tools()`` also grows at that turn, for renderers that re-send tools.
 * ``score(task, calls_per_turn)`` — offline scoring of decoded calls with BFCL semantics: calls go straight to the safe
   dispatcher (name offered at that turn, JSON-literal arguments within ``DispatchLimits``), without the live parser's
   schema typing. BFCL's own executor does not type-check either, and its ground truth relies on that (e.g.
@@ -29,7 +29,7 @@ from typing import Any
 from rods_jax.envs import parsing, protocol, reward
 from rods_jax.envs.bfcl import backends, data
 from rods_jax.envs.bfcl.split import split_indices
-from rods_jax.envs.task import CATEGORIES, Task
+from rods_jax.envs.task import CATEGORIES, Lineage, Task
 
 
 def _long_context(task: Task) -> bool:
@@ -83,8 +83,8 @@ class BfclEpisode(protocol.TurnEpisode):
     new = released_at(self.task, self.turn)
     if not new:
       return text
-    docs = [d for c in self.task.classes for d in data.function_docs(c) if d["name"] in new]
-    return json.dumps(docs, ensure_ascii=False) + "\n" + text
+    schemas = [s for s in tools_at(self.task, self.turn) if parsing.tool_name(s) in new]
+    return json.dumps(schemas, ensure_ascii=False) + "\n" + text
 
 
 def load_tasks(category: str, split: str) -> list[Task]:
@@ -96,7 +96,7 @@ def load_tasks(category: str, split: str) -> list[Task]:
     raise ValueError(f"category {category!r} not in {CATEGORIES}")
   keep = set(split_indices(split))
   origin = "seed" if split == "train" else "test"
-  return [t.replace(lineage=t.lineage.__class__(origin=origin))
+  return [t.replace(lineage=Lineage(origin=origin))
           for t in data.load_all_tasks(category) if t.meta["scenario"] in keep]
 
 
@@ -105,14 +105,15 @@ def score(task: Task, calls_per_turn: Sequence[Sequence[Mapping[str, Any]]],
   """Scores decoded calls (``calls_per_turn[t]`` = list of ``{"name", "arguments"}``) with BFCL semantics.
 
   Every turn is checked (no early exit); state is cumulative. ``calls_per_turn`` may be shorter than the task
-  (missing turns count 0), never longer. Malformed calls become error results, never exceptions.
+  (missing turns count 0), never longer. Malformed calls become error results, never exceptions; calls refused
+  before reaching a backend (unknown / not offered name, invalid arguments) are counted in ``n_parse_errors``.
   """
   if len(calls_per_turn) > task.num_turns:
     raise ValueError(f"task {task.id}: calls_per_turn has {len(calls_per_turn)} turns, the task has {task.num_turns}")
   model, gt = BfclWorld(task, limits), BfclWorld(task, limits)
   model_results: list[str] = []
   turn_state, turn_exec = [], []
-  n_calls = n_errors = 0
+  n_calls = n_errors = n_rejected = 0
   for t, calls in enumerate(calls_per_turn):
     allowed = offered_names(task, t)
     for call in calls:
@@ -122,13 +123,14 @@ def score(task: Task, calls_per_turn: Sequence[Sequence[Mapping[str, Any]]],
       model_results.append(out.result)
       n_calls += 1
       n_errors += out.error
+      n_rejected += out.rejected
     gt_results = [gt.execute(c["name"], c["arguments"]).output for c in task.gt_calls[t]]
     state_equal = model.same_state(gt) if gt_results else True
     s, e = reward.turn_checks(gt_results, model_results, state_equal, len(calls))
     turn_state.append(s)
     turn_exec.append(e)
   progress = reward.progress_reward(turn_state, turn_exec, task.num_turns)
-  return protocol.EpisodeResult(turn_state, turn_exec, progress, progress == 1.0, n_calls, n_errors, 0,
+  return protocol.EpisodeResult(turn_state, turn_exec, progress, progress == 1.0, n_calls, n_errors, n_rejected,
                                 len(turn_state))
 
 
