@@ -465,3 +465,15 @@ def test_dispatcher_fuzz_never_raises_and_rejections_change_nothing(all_tasks):
       assert world.same_state(fresh)
 
   check()
+
+
+def test_environment_feeds_profile_and_function_class(all_tasks):
+  from rods_jax.envs import profile as profile_lib
+  e = make_env("bfcl", _cfg())
+  assert e.function_class("cd") == "GorillaFileSystem" and e.function_class("place_order") == "TradingBot"
+  with pytest.raises(KeyError, match="unknown BFCL function"):
+    e.function_class("__init__")
+  p = profile_lib.profile(all_tasks["base"][108], e)  # get_watchlist -> get_stock_info -> place_order -> order id
+  assert p.depth == 4 and p.classes[0] == ("TradingBot",)
+  depths = [profile_lib.profile(t, e).depth for t in all_tasks["base"][::5]]
+  assert min(depths) == 1 and max(depths) <= 4

@@ -153,6 +153,13 @@ class BfclEnv:
   def tools_at(self, task: Task, turn: int) -> list[dict[str, Any]]:
     return tools_at(task, turn)
 
+  def function_class(self, name: str) -> str:
+    """The API class that owns a BFCL function (names are unique across the 8 classes)."""
+    owner = backends.function_owner(data.MULTI_TURN_CLASSES)
+    if name not in owner:
+      raise KeyError(f"unknown BFCL function {name!r}")
+    return owner[name]
+
   def new_episode(self, task: Task) -> BfclEpisode:
     return BfclEpisode(task, self.new_world, lambda turn: tools_at(task, turn), self._limits, self._hints)
 
