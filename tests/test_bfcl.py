@@ -196,6 +196,10 @@ def test_fixed_denominator_and_unfinished_turns(all_tasks):
   assert silent.progress == 0.0 and not any(silent.turn_exec)
   with pytest.raises(ValueError, match="calls_per_turn"):
     env.score(task, full + [[]])
+  with pytest.raises(ValueError, match=r"calls_per_turn\[1\]"):
+    env.score(task, [full[0], None])
+  with pytest.raises(ValueError, match="env"):
+    env.score(task.replace(env="toolworld"), full)
 
 
 def test_stratified_parity_with_official_checker(all_tasks):

@@ -108,8 +108,13 @@ def score(task: Task, calls_per_turn: Sequence[Sequence[Mapping[str, Any]]],
   (missing turns count 0), never longer. Malformed calls become error results, never exceptions; calls refused
   before reaching a backend (unknown / not offered name, invalid arguments) are counted in ``n_parse_errors``.
   """
+  if task.env != data.ENV_NAME:
+    raise ValueError(f"task {task.id}: env {task.env!r} is not {data.ENV_NAME!r}")
   if len(calls_per_turn) > task.num_turns:
     raise ValueError(f"task {task.id}: calls_per_turn has {len(calls_per_turn)} turns, the task has {task.num_turns}")
+  for t, calls in enumerate(calls_per_turn):
+    if not isinstance(calls, (list, tuple)):
+      raise ValueError(f"task {task.id}: calls_per_turn[{t}] must be a list of calls, got {type(calls).__name__}")
   model, gt = BfclWorld(task, limits), BfclWorld(task, limits)
   model_results: list[str] = []
   turn_state, turn_exec = [], []
