@@ -137,3 +137,10 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Sharding of a [B, ...] array with `ndim` dims: batch over (data, fsdp), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def kv_cache_sharding(k_shape: Sequence[int], mesh: Mesh):
+  """(k/v sharding, length sharding) for a KVCache whose k has shape [L, B, S, Hkv, Dh]: rows over (data, fsdp),
+  kv heads over tensor (replicated where they do not divide)."""
+  spec = logical_to_spec((None, "act_batch", "act_kv_seq", "act_kv_heads", None), k_shape, mesh)
+  return NamedSharding(mesh, spec), NamedSharding(mesh, PartitionSpec(spec[1]))

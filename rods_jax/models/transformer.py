@@ -39,6 +39,7 @@ from rods_jax.sharding import constrain
 _BTD = ("act_batch", "act_seq", "act_embed")
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BTKD = ("act_batch", "act_seq", "act_kv_heads", None)
+_CACHE = (None, "act_batch", "act_kv_seq", "act_kv_heads", None)
 
 
 def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -116,6 +117,7 @@ class Attention(nnx.Module):
     rows = jnp.broadcast_to(jnp.arange(x.shape[0])[:, None], slots.shape)
     cache_k = cache_k.at[layer, rows, slots].set(k.astype(cache_k.dtype), mode="drop")
     cache_v = cache_v.at[layer, rows, slots].set(v.astype(cache_v.dtype), mode="drop")
+    cache_k, cache_v = constrain(cache_k, _CACHE), constrain(cache_v, _CACHE)  # keep the donated layout
     keys = cache_k[layer, :, :kv_len].astype(q.dtype)
     values = cache_v[layer, :, :kv_len].astype(q.dtype)
     return self.out(gqa_attention(q, keys, values, mask)), cache_k, cache_v
@@ -173,7 +175,10 @@ class Transformer(nnx.Module):
   # ------------------------------------------------------------------ pieces
 
   def embed_tokens(self, tokens: jax.Array) -> jax.Array:
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
+    # Gather the table over fsdp first (what FSDP does for every weight); gathering from an embed-sharded table and
+    # then resharding to batch-sharded activations makes XLA replicate the whole result.
+    table = constrain(self.embed[...], ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(jnp.dtype(self.cfg.dtype))
     return constrain(x, _BTD)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
