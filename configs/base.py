@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.max_message_chars = 2048
   c.env.error_hints = False  # EnvTuning-style actionable hints in tool error messages (env_augment arm)
   c.env.rerandomize_worlds = False  # toolworld: re-draw a task's entities each time it is sampled
+  c.env.max_list_items = 5  # parser: items per list argument (DESIGN §1 critique rule)
+  c.env.max_depth = 3  # parser: nesting of lists/objects inside one argument value
+  c.env.cache_dir = ""  # toolworld split cache; "" = $RODS_JAX_CACHE or ~/.cache/rods_jax
   # bfcl (rods_jax/envs/bfcl): live-parser limits sized to BFCL's ground truth (its longest string argument is 6,813
   # chars, in long_context), so every GT call is expressible in one message; max_calls_per_message is shared.
   c.env.bfcl_max_message_chars = 16384
