@@ -119,6 +119,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rods.static_pool_size = 400
   c.rods.dynamic_sampling = False  # DAPO-style zero-variance group filtering with refill
   c.rods.dynamic_sampling_max_rounds = 4
+  c.rods.static_pool_max_passes = 3  # static_pool: passes over the seeds (warm-up policy) collecting boundary seeds
+  c.rods.static_pool_timeout_s = 600.0  # static_pool: how long training may wait for its one-off pool
 
   # --- synthesis (rods_jax/rods/synthesis) ---
   c.synthesis = ml_collections.ConfigDict()
