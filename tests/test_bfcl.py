@@ -65,6 +65,11 @@ def test_gt_calls_parsed_as_literals_with_positional_names(all_tasks):
           values = [ast.literal_eval(a) for a in node.args] + [ast.literal_eval(k.value) for k in node.keywords]
           assert node.func.id == call["name"]
           assert json.loads(json.dumps(values)) == list(call["arguments"].values())
+  for t in all_tasks["long_context"][::10]:  # rendering for the official checker round-trips through our loader
+    pnames = data._param_names(t.classes)  # pylint: disable=protected-access
+    for turn in t.gt_calls:
+      for call in turn:
+        assert data.parse_call_string(parity.call_string(call), pnames) == call
   with pytest.raises(ValueError, match="not a plain function call"):
     data.parse_call_string("os.system('x')", {"system": []})
   with pytest.raises(ValueError):
@@ -213,6 +218,22 @@ def test_stratified_parity_with_official_checker(all_tasks):
   assert rep.agree == rep.checked, rep.disagreements
   assert 0 < rep.official_pass < rep.checked  # the perturbations really do fail some and pass some
   assert multi_turn_utils_instances() == before  # the reference cleaned its bfcl globals
+
+
+def test_official_reference_refuses_untrusted_calls(all_tasks, tmp_path):
+  task = all_tasks["base"][0]
+  canary = tmp_path / "CANARY"
+  # rendering task.gt_calls gives the same verdicts as the wheel's strings
+  gt = [list(t) for t in task.gt_calls]
+  assert parity.official_verdict(task, None, gt) is True
+  assert parity.official_verdict(task, None, [[]] + gt[1:]) is False
+  for bad in [{"name": "execute_multi_turn_func_call", "arguments": {}},
+              {"name": "open", "arguments": {"file": str(canary), "mode": "w"}},
+              {"name": "ls", "arguments": {"a": f"__import__('os').system('touch {canary}')"}},
+              {"name": "ls", "arguments": {"a": b"x"}}, "ls()"]:
+    with pytest.raises(ValueError):
+      parity.official_verdict(task, None, [[bad]] + gt[1:])
+  assert not canary.exists() and multi_turn_utils_instances() == []
 
 
 def test_perturbations_keep_calls_offered(all_tasks):

@@ -147,7 +147,10 @@ def validate_arguments(name: str, arguments: Any, limits: DispatchLimits) -> Non
   for key in arguments:
     if not isinstance(key, str) or not key.isidentifier() or key.startswith("_"):
       raise ValueError(f"argument name {key!r} of {name} is not a valid parameter name")
-  size = len(json.dumps(arguments, allow_nan=False))
+  try:
+    size = len(json.dumps(arguments, allow_nan=False))
+  except (TypeError, ValueError, RecursionError) as e:
+    raise ValueError(f"arguments of {name} are not JSON literals ({type(e).__name__})") from None
   if size > limits.max_argument_chars:
     raise ValueError(f"arguments of {name} are {size} chars, over the limit of {limits.max_argument_chars}")
   for key, value in arguments.items():

@@ -1,8 +1,8 @@
 """Parity of this project's BFCL verdicts with bfcl's official checker, on perturbed ground-truth trajectories.
 
-The reference is bfcl's ``multi_turn_checker`` + ``multi_turn_irrelevance_checker`` (it ``eval``s call strings, so it
-is only ever given strings rendered here from trusted, ground-truth-derived call dicts: literal values through
-``repr``, names from the task's own function set or a fixed unknown name). bfcl caches backend instances in its module
+The reference is bfcl's ``multi_turn_checker`` + ``multi_turn_irrelevance_checker``. It ``eval``s call strings, so it
+is only ever given strings rendered here from checked call dicts: names from the task's own function set (or one fixed
+unknown name), arguments bounded JSON literals rendered through ``repr``. bfcl caches backend instances in its module
 globals under ``<model_name>_<id>_<class>_instance``; every reference run uses a fresh unique model name and deletes
 exactly its own entries afterwards, so runs are independent and memory does not grow.
 
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from rods_jax.envs.bfcl import data, env
+from rods_jax.envs.bfcl import backends, data, env
 from rods_jax.envs.task import CATEGORIES, Task
 
 KINDS = ("drop", "duplicate", "clear", "extra", "unknown", "swap", "shuffle")
@@ -38,18 +38,35 @@ def call_string(call: dict[str, Any]) -> str:
   return f"{call['name']}({args})"
 
 
-def official_verdict(task: Task, gt_strings: Sequence[Sequence[str]], calls_per_turn: Calls) -> bool:
+def _trusted_string(task: Task, call: Any, known: frozenset[str]) -> str:
+  """Renders a call for bfcl's eval-based checker, refusing anything but a documented (or the fixed unknown) name
+  with bounded JSON-literal arguments: the reference must never be a way to run code."""
+  if not isinstance(call, dict) or set(call) - {"name", "arguments"}:
+    raise ValueError(f"task {task.id}: call {str(call)[:80]!r} is not a {{'name', 'arguments'}} dict")
+  name, args = call.get("name"), call.get("arguments", {})
+  if name not in known and name != UNKNOWN_TOOL:
+    raise ValueError(f"task {task.id}: call name {str(name)[:80]!r} is not a function of {task.classes}")
+  backends.validate_arguments(name, args, backends.DispatchLimits())
+  return call_string({"name": name, "arguments": args})
+
+
+def official_verdict(task: Task, gt_strings: Sequence[Sequence[str]] | None, calls_per_turn: Calls) -> bool:
   """bfcl's verdict: multi_turn_checker valid AND multi_turn_irrelevance_checker valid.
 
-  ``gt_strings`` is the wheel's ground truth (``data.raw_ground_truth``); ``calls_per_turn`` must have one entry per
-  turn (bfcl marks a different turn count as force-terminated, i.e. failed).
+  ``gt_strings``: the wheel's ground truth (``data.raw_ground_truth``), or None to render ``task.gt_calls`` (e.g. a
+  synthesized task). ``calls_per_turn`` must have one entry per turn (bfcl marks a different turn count as
+  force-terminated, i.e. failed). Every rendered call is checked first (documented name, literal arguments);
+  anything else raises ValueError instead of reaching bfcl's ``eval``.
   """
   from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils  # pylint: disable=g-import-not-at-top
   from bfcl_eval.eval_checker.multi_turn_eval.multi_turn_checker import (  # pylint: disable=g-import-not-at-top
       multi_turn_checker, multi_turn_irrelevance_checker)
+  known = frozenset(n for c in task.classes for n in data.function_names(c))
+  if gt_strings is None:
+    gt_strings = [[_trusted_string(task, dict(c), known) for c in turn] for turn in task.gt_calls]
   if len(calls_per_turn) != len(gt_strings):
     return False
-  decoded = [[[call_string(c)] for c in turn] for turn in calls_per_turn]
+  decoded = [[[_trusted_string(task, c, known)] for c in turn] for turn in calls_per_turn]
   entry = {"id": task.id, "initial_config": copy.deepcopy(task.initial_state),
            "involved_classes": list(task.classes)}
   model_name = f"rodsparity_{uuid.uuid4().hex}"
