@@ -153,7 +153,8 @@ class Synthesizer:
     request = LanguageRequest(
         env=self.env.name, classes=tuple(task.classes), narrative=narrative, turns=specs,
         function_names=structure.function_names(self.env, task), forbidden_values=draft.forbidden,
-        max_query_chars=int(self.cfg.max_query_chars))
+        max_query_chars=int(self.cfg.max_query_chars),
+        env_turns=tuple(sorted(int(k) for k in task.missing_functions)))
     queries = self._rewrite(request, task, log)
     task = task.replace(turns=queries)
     problems = critique.gate_problems(self.env, task, trace.outputs, int(self.cfg.max_string_len),

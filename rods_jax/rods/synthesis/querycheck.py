@@ -75,6 +75,8 @@ def verify_queries(request: LanguageRequest, queries: tuple[str, ...]) -> list[s
   if len(queries) != request.num_turns:
     return [f"expected {request.num_turns} queries, got {len(queries)}"]
   for t, (q, spec) in enumerate(zip(queries, request.turns)):
+    if t in request.env_turns:
+      continue
     if not isinstance(q, str) or not q.strip():
       problems.append(f"turn {t}: empty query")
       continue
@@ -104,6 +106,8 @@ def rule_verdict(request: LanguageRequest, queries: tuple[str, ...]) -> Verdict:
         if not mentions(seen, leaf):
           bad.add(t)
           reasons.append(f"turn {t}: value {leaf!r} of {arg!r} not stated")
+    if t in request.env_turns:
+      continue
     for old in request.forbidden_values:
       if mentions(q, old) and not any(mentions(str(v), old) for _, v in spec.user_values):
         bad.add(t)

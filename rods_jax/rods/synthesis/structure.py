@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from rods_jax.envs.task import Task
-from rods_jax.rods.synthesis import plan
+from rods_jax.rods.synthesis import failures, plan
 
 PLANNERS = ("auto", "generator", "rename")
 
@@ -67,11 +69,24 @@ def function_names(env, task: Task) -> tuple[str, ...]:
 
 
 def miss_func_message(env) -> str:
+  """The environment's "functions were added" message of a miss_func recovery turn (used by the Augment stage)."""
   if env.name == "bfcl":
     from rods_jax.envs.bfcl import data  # pylint: disable=g-import-not-at-top
     return data.MISS_FUNC_MESSAGE
+  return "I have updated some more functions you can choose from. What about now?"
+
+
+def _toolworld_generate(env):
+  import random  # pylint: disable=g-import-not-at-top
   from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
-  return toolworld.MISS_FUNC_MESSAGE
+
+  def generate(prof, rng: np.random.Generator):
+    try:
+      return toolworld.generate(prof, random.Random(int(rng.integers(0, 2**63))))
+    except toolworld.InfeasibleProfile as e:
+      raise failures.SynthesisFailure(failures.PARAM_GEN_FAILED, f"toolworld generator: {e}") from e
+  del env
+  return generate
 
 
 def make_planner(env, cfg) -> plan.Planner:
@@ -83,16 +98,14 @@ def make_planner(env, cfg) -> plan.Planner:
     return plan.RenamePlanner(env)
   if env.name != "toolworld":
     raise ValueError(f"config.synthesis.planner='generator' needs an environment with a generator, not {env.name}")
-  from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
-  return plan.GeneratorPlanner(toolworld.generate, lambda seed: profile(env, seed))
+  return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed))
 
 
 def make_perturber(env, cfg) -> plan.Planner:
   """The env_augment perturbation: toolworld re-draws the world entities; other environments rename."""
   del cfg
-  if env.name == "toolworld":
-    from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
-    return plan.GeneratorPlanner(lambda seed, rng: toolworld.rerandomize(seed, rng), lambda seed: seed)
+  if env.name == "toolworld":  # rerandomize = generate from the task's own profile: same calls, new world
+    return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed))
   return plan.RenamePlanner(env)
 
 

@@ -49,6 +49,7 @@ class LanguageRequest:
   function_names: tuple[str, ...]  # every tool name offered (none may appear in a query)
   forbidden_values: tuple[str, ...]  # the seed's entity values that were replaced (none may appear)
   max_query_chars: int
+  env_turns: tuple[int, ...] = ()  # turns holding the environment's message (miss_func recovery): not rewritten
 
   @property
   def num_turns(self) -> int:
