@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tokenizer_dir = ""  # "" with preset lab_tiny = build the lab tokenizer into <workdir>/tokenizer
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"
+  c.model.remat = False  # recompute each decoder block in the backward pass (large models / long sequences)
 
   # --- mesh (rods_jax/sharding.py) ---
   c.mesh = ml_collections.ConfigDict()

@@ -47,6 +47,7 @@ class ModelConfig:
   architecture: str = "qwen3"  # HF model_type used by to_hf_config: qwen3 | qwen2 | llama
   max_position_embeddings: int = 32_768  # only recorded for export; RoPE itself has no limit
   init_std: float = 0.02  # normal init stddev for every matrix (HF initializer_range)
+  remat: bool = False  # full forward: recompute each block in the backward pass (activation memory ~ 1 block)
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):

@@ -199,7 +199,10 @@ class Transformer(nnx.Module):
     attn_mask = causal[None] & mask[:, None, :] & mask[:, :, None]
     x = self.embed_tokens(tokens)
     for block in self.layers:
-      x = block(x, positions, attn_mask)
+      if self.cfg.remat:  # keep only block inputs for the backward pass; recompute the rest
+        x = nnx.remat(_call_block)(block, x, positions, attn_mask)
+      else:
+        x = block(x, positions, attn_mask)
     return self.final_norm(x)
 
   # ------------------------------------------------------------------ entry points
@@ -244,6 +247,10 @@ class Transformer(nnx.Module):
       x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
     logits = self.logits(self.final_norm(x))
     return logits, KVCache(cache_k, cache_v, new_length)
+
+
+def _call_block(block: Block, x, positions, mask):
+  return block(x, positions, mask)
 
 
 def _check_2d(**arrays):
