@@ -342,6 +342,7 @@ def _hostile_calls(canary):
       {"name": "square_root", "arguments": {"number": 2, "precision": 10 ** 8}},
       {"name": "mean", "arguments": {"numbers": [10 ** 400]}},
       {"name": "cd", "arguments": {"folder": b"bytes"}},
+      {"name": "power", "arguments": {"base": 999_999_999_999_999, "exponent": 9_999}},  # a 150k-digit int result
   ]
 
 
@@ -361,7 +362,8 @@ def test_hostile_calls_are_error_observations_and_change_nothing(all_tasks, tmp_
   ex = execution.execute_calls(task, [hostile])
   assert all(ex.errors[0]) and not any(ex.mutated[0])
   r = env.score(task, [hostile] + [[] for _ in range(task.num_turns - 1)])
-  assert r.n_calls == r.n_errors == r.n_parse_errors == len(hostile) and not r.success
+  # all refused before a backend except the big power, which runs and fails in serialisation
+  assert r.n_calls == r.n_errors == len(hostile) and r.n_parse_errors == len(hostile) - 1 and not r.success
   # the same payloads as model text in a live episode
   ep = make_env("bfcl", _cfg()).new_episode(task)
   for call in hostile:

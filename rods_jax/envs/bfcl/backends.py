@@ -186,11 +186,12 @@ def execute_call(backends: Backends, allowed: frozenset[str] | set[str], name: A
     # MathAPI sets decimal/mpmath precision globally; scope it to this call so nothing leaks into the process.
     with decimal.localcontext():
       value = method(**copy.deepcopy(arguments))
+      # Serialising can fail too (an int past Python's 4300-digit str limit), so it is inside the guard.
+      return CallOutcome(serialize_result(value), is_error_result(value))
   except Exception as e:  # pylint: disable=broad-except  (any backend failure is an observation, as in bfcl)
     return CallOutcome(f"{ERROR_PREFIX}{e}", True)
   finally:
     _restore_mpmath_dps(mp_dps)
-  return CallOutcome(serialize_result(value), is_error_result(value))
 
 
 def _mpmath_dps() -> int | None:
