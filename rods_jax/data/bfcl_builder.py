@@ -7,6 +7,7 @@ Each example is one task: its id, category, scenario index, number of turns and 
   bfcl_builder.build(data_dir)                           # writes <data_dir>/bfcl_multi_turn/<version>/
   source = bfcl_builder.data_source(data_dir, "train")   # random-access sequence of dicts (tfds.data_source)
   tasks = bfcl_builder.read_tasks(data_dir, "test")      # -> list[Task], 400 each split
+  python -c "from rods_jax.data import bfcl_builder as b; b.build('<data_dir>')"   # from the shell
 
 The split is rods_jax/envs/bfcl/split.json (100 scenario indices per side, the same for all 4 categories).
 """
@@ -15,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rods_jax.envs.bfcl import data as bfcl_data
 from rods_jax.envs.bfcl import env as bfcl_env
 from rods_jax.envs.task import CATEGORIES, Task
 
@@ -75,6 +75,3 @@ def read_tasks(data_dir: str, split: str) -> list[Task]:
   """The tasks of a built split, in stored order (category-major, then scenario)."""
   source = data_source(data_dir, split)
   return [Task.from_json(_text(source[i]["task_json"])) for i in range(len(source))]
-
-
-__all__ = ["BfclMultiTurn", "NAME", "build", "data_source", "read_tasks", "bfcl_data"]
