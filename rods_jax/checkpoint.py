@@ -2,11 +2,11 @@
 
 One checkpoint step holds two Orbax items:
 
-* ``arrays`` — a pytree ``{"params", "opt_state", "ref_params", "rng"}`` of ``jax.Array`` leaves, saved with
+* ``arrays`` — a pytree ``{"params", "opt_state", "ref_params"}`` of global ``jax.Array`` leaves, saved with
   ``StandardSave`` (tensorstore, sharded: every process writes its own shards). Restoring takes a *target* pytree of
   the same structure whose leaves carry the shardings wanted now, so a run saved on one mesh restores onto another
   (e.g. saved fsdp=8, restored data=2 x tensor=4).
-* ``host`` — one JSON document: the step, how the RNG key was stored, and every named host-side state the caller
+* ``host`` — one JSON document: the step, the JAX RNG key's data and impl, and every named host-side state the caller
   passes (replay buffer, synthesizer log position, numpy RNG state, ...). The JSON is written by the primary process.
 
 Keep-last-N, the save cadence and async writes come from ``config.checkpoint`` (``keep``, ``every_steps``,
@@ -139,18 +139,17 @@ class CheckpointManager:
     _check_json_names(host_state)
     step = int(state.step)
     typed_key = _is_typed_key(state.rng)
-    arrays = {
-        "params": state.params,
-        "opt_state": state.opt_state,
-        "ref_params": state.ref_params,
-        "rng": jax.random.key_data(state.rng) if typed_key else state.rng,
-    }
-    if state.ref_params is None:
-      del arrays["ref_params"]
+    # The key is tiny and identical on every process: it goes in the JSON, so a host-local key needs no global array.
+    rng_data = np.asarray(jax.random.key_data(state.rng) if typed_key else state.rng)
+    arrays = {"params": state.params, "opt_state": state.opt_state}
+    if state.ref_params is not None:
+      arrays["ref_params"] = state.ref_params
     host = {
         "format_version": _FORMAT_VERSION,
         "step": step,
         "rng_impl": str(jax.random.key_impl(state.rng)) if typed_key else None,
+        "rng_data": rng_data.tolist(),
+        "rng_dtype": str(rng_data.dtype),
         "has_ref_params": state.ref_params is not None,
         "state": host_state,
     }
@@ -183,21 +182,14 @@ class CheckpointManager:
     if typed_key != _is_typed_key(target.rng):
       raise ValueError(f"checkpoint step {step}: rng saved as {'typed' if typed_key else 'raw'} key, target.rng is "
                        f"{'typed' if _is_typed_key(target.rng) else 'raw'}")
-    rng_target = target.rng
-    if typed_key:
-      rng_target = jax.ShapeDtypeStruct(
-          jax.eval_shape(jax.random.key_data, target.rng).shape, np.uint32,
-          sharding=getattr(target.rng, "sharding", None))
-    abstract = {
-        "params": abstract_like(target.params),
-        "opt_state": abstract_like(target.opt_state),
-        "rng": abstract_like(rng_target),
-    }
+    abstract = {"params": abstract_like(target.params), "opt_state": abstract_like(target.opt_state)}
     if target.ref_params is not None:
       abstract["ref_params"] = abstract_like(target.ref_params)
     arrays = self._manager.restore(
         step, args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract)}))[_ARRAYS]
-    rng = arrays["rng"]
+    rng = np.asarray(host["rng_data"], dtype=host["rng_dtype"])
+    rng_sharding = getattr(target.rng, "sharding", None)
+    rng = jax.device_put(rng, rng_sharding) if rng_sharding is not None else jax.numpy.asarray(rng)
     if typed_key:
       rng = jax.random.wrap_key_data(rng, impl=host["rng_impl"])
     state = TrainState(step=int(host["step"]), params=arrays["params"], opt_state=arrays["opt_state"],
