@@ -422,6 +422,12 @@ def test_execute_calls_results_match_official_executor(all_tasks):
   assert not execution.execute_calls(draft, [[{"name": "find", "arguments": {}}]], check_offered=False).errors[0][0]
   with pytest.raises(ValueError, match="initial_state"):
     execution.execute_calls({"classes": ["MathAPI"]}, [])
+  with pytest.raises(ValueError, match=r"initial_state\['GorillaFileSystem'\] cannot be loaded"):
+    execution.execute_calls({"classes": ["GorillaFileSystem"], "initial_state": {"GorillaFileSystem": {"root": 3}}}, [])
+  with pytest.raises(ValueError, match="must be a dict"):
+    execution.execute_calls({"classes": ["TradingBot"], "initial_state": {"TradingBot": []}}, [])
+  with pytest.raises(ValueError, match="not a BFCL multi-turn class"):
+    execution.execute_calls({"classes": ["WebSearchAPI"], "initial_state": {}}, [])
 
 
 def test_mutating_table_matches_observation():

@@ -78,7 +78,13 @@ def make_backends(classes: tuple[str, ...] | list[str], initial_state: dict[str,
   for name in classes:
     obj = data.backend_class(name)()
     if name not in STATELESS_CLASSES:
-      obj._load_scenario(copy.deepcopy(initial_state.get(name, {})), long_context=long_context)  # pylint: disable=protected-access
+      state = initial_state.get(name, {})
+      if not isinstance(state, dict):
+        raise ValueError(f"initial_state[{name!r}] must be a dict, got {type(state).__name__}")
+      try:
+        obj._load_scenario(copy.deepcopy(state), long_context=long_context)  # pylint: disable=protected-access
+      except Exception as e:  # pylint: disable=broad-except  (a synthesized state can be malformed in any way)
+        raise ValueError(f"initial_state[{name!r}] cannot be loaded by {name}: {type(e).__name__}: {e}") from e
     instances[name] = obj
   return Backends(instances=instances, owner=function_owner(classes))
 
