@@ -1,11 +1,12 @@
 """Orbax checkpoints of the training state plus host-side state.
 
-One checkpoint step holds two Orbax items:
+One checkpoint step holds up to four Orbax items:
 
-* ``arrays`` — a pytree ``{"params", "opt_state", "ref_params"}`` of global ``jax.Array`` leaves, saved with
-  ``StandardSave`` (tensorstore, sharded: every process writes its own shards). Restoring takes a *target* pytree of
-  the same structure whose leaves carry the shardings wanted now, so a run saved on one mesh restores onto another
-  (e.g. saved fsdp=8, restored data=2 x tensor=4).
+* ``params``, ``opt_state``, ``ref_params`` (when there is a reference) — pytrees of global ``jax.Array`` leaves,
+  each saved with ``StandardSave`` (tensorstore, sharded: every process writes its own shards). Restoring takes a
+  *target* pytree of the same structure whose leaves carry the shardings wanted now, so a run saved on one mesh
+  restores onto another (e.g. saved fsdp=8, restored data=2 x tensor=4). Separate items let evaluation restore the
+  parameters alone (``restore_params``) without building an optimizer.
 * ``host`` — one JSON document: the step, the JAX RNG key's data and impl, and every named host-side state the caller
   passes (replay buffer, synthesizer log position, numpy RNG state, ...). The JSON is written by the primary process.
 
@@ -30,7 +31,7 @@ import orbax.checkpoint as ocp
 
 PyTree = Any
 
-_ARRAYS = "arrays"
+_ARRAY_ITEMS = ("params", "opt_state", "ref_params")
 _HOST = "host"
 _FORMAT_VERSION = 1
 
@@ -114,7 +115,7 @@ class CheckpointManager:
         enable_async_checkpointing=cfg.async_save,
         create=True,
     )
-    self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(_ARRAYS, _HOST))
+    self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(*_ARRAY_ITEMS, _HOST))
 
   @property
   def directory(self) -> str:
@@ -141,9 +142,10 @@ class CheckpointManager:
     typed_key = _is_typed_key(state.rng)
     # The key is tiny and identical on every process: it goes in the JSON, so a host-local key needs no global array.
     rng_data = np.asarray(jax.random.key_data(state.rng) if typed_key else state.rng)
-    arrays = {"params": state.params, "opt_state": state.opt_state}
-    if state.ref_params is not None:
-      arrays["ref_params"] = state.ref_params
+    trees = {"params": state.params, "opt_state": state.opt_state, "ref_params": state.ref_params}
+    # Orbax refuses empty items (e.g. the state of a stateless optimizer); those are rebuilt from the target.
+    items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()
+             if tree is not None and jax.tree.leaves(tree)}
     host = {
         "format_version": _FORMAT_VERSION,
         "step": step,
@@ -151,11 +153,12 @@ class CheckpointManager:
         "rng_data": rng_data.tolist(),
         "rng_dtype": str(rng_data.dtype),
         "has_ref_params": state.ref_params is not None,
+        "array_items": sorted(items),
         "state": host_state,
     }
     return self._manager.save(
         step,
-        args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardSave(arrays), _HOST: ocp.args.JsonSave(host)}),
+        args=ocp.args.Composite(**items, **{_HOST: ocp.args.JsonSave(host)}),
         force=force,
     )
 
@@ -165,16 +168,8 @@ class CheckpointManager:
     ``target`` leaves may be arrays (e.g. a freshly initialised state on the new mesh) or ``jax.ShapeDtypeStruct``s
     with shardings; ``target.step`` is ignored. Raises FileNotFoundError when there is no checkpoint.
     """
-    if step is None:
-      step = self._manager.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"no checkpoint in {self._directory}")
-    elif step not in self._manager.all_steps():
-      raise FileNotFoundError(f"no checkpoint for step {step} in {self._directory}; have {self.all_steps()}")
-    host = self._manager.restore(step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()}))[_HOST]
-    if host.get("format_version") != _FORMAT_VERSION:
-      raise ValueError(f"checkpoint step {step}: format_version {host.get('format_version')!r}, "
-                       f"expected {_FORMAT_VERSION}")
+    step = self._resolve_step(step)
+    host = self._host(step)
     if host["has_ref_params"] != (target.ref_params is not None):
       raise ValueError(f"checkpoint step {step}: has_ref_params={host['has_ref_params']} but target.ref_params is "
                        f"{'None' if target.ref_params is None else 'given'}")
@@ -182,19 +177,49 @@ class CheckpointManager:
     if typed_key != _is_typed_key(target.rng):
       raise ValueError(f"checkpoint step {step}: rng saved as {'typed' if typed_key else 'raw'} key, target.rng is "
                        f"{'typed' if _is_typed_key(target.rng) else 'raw'}")
-    abstract = {"params": abstract_like(target.params), "opt_state": abstract_like(target.opt_state)}
-    if target.ref_params is not None:
-      abstract["ref_params"] = abstract_like(target.ref_params)
-    arrays = self._manager.restore(
-        step, args=ocp.args.Composite(**{_ARRAYS: ocp.args.StandardRestore(abstract)}))[_ARRAYS]
+    trees = {"params": target.params, "opt_state": target.opt_state, "ref_params": target.ref_params}
+    items = {}
+    for name in _ARRAY_ITEMS:
+      if name in host["array_items"]:
+        items[name] = ocp.args.StandardRestore(abstract_like(trees[name]))
+      elif trees[name] is not None and jax.tree.leaves(trees[name]):
+        raise ValueError(f"checkpoint step {step} has an empty {name} but target.{name} has arrays")
+    arrays = dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
+    for name in _ARRAY_ITEMS:
+      if name not in items:
+        arrays[name] = trees[name]  # empty (or None): nothing was stored
     rng = np.asarray(host["rng_data"], dtype=host["rng_dtype"])
     rng_sharding = getattr(target.rng, "sharding", None)
     rng = jax.device_put(rng, rng_sharding) if rng_sharding is not None else jax.numpy.asarray(rng)
     if typed_key:
       rng = jax.random.wrap_key_data(rng, impl=host["rng_impl"])
     state = TrainState(step=int(host["step"]), params=arrays["params"], opt_state=arrays["opt_state"],
-                       ref_params=arrays.get("ref_params"), rng=rng)
+                       ref_params=arrays["ref_params"], rng=rng)
     return Restored(state=state, host_state=dict(host["state"]))
+
+  def restore_params(self, target_params: PyTree, step: int | None = None) -> PyTree:
+    """Only the policy parameters of ``step`` (default: latest) onto ``target_params``' shardings (evaluation)."""
+    step = self._resolve_step(step)
+    self._host(step)  # checks the format
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params))))
+    return restored["params"]
+
+  def _resolve_step(self, step: int | None) -> int:
+    if step is None:
+      step = self._manager.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"no checkpoint in {self._directory}")
+    elif step not in self._manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self._directory}; have {self.all_steps()}")
+    return step
+
+  def _host(self, step: int) -> dict[str, Any]:
+    host = self._manager.restore(step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()}))[_HOST]
+    if host.get("format_version") != _FORMAT_VERSION:
+      raise ValueError(f"checkpoint step {step}: format_version {host.get('format_version')!r}, "
+                       f"expected {_FORMAT_VERSION}")
+    return host
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()

@@ -216,3 +216,19 @@ def test_bad_input_is_named(tmp_path):
       manager.restore(state._replace(rng=jnp.zeros((2,), jnp.uint32)))
     with pytest.raises(ValueError, match=r"\['l1'\]\['bias'\]"):
       manager.restore(state._replace(params=jax.tree.map(np.asarray, params)))
+
+
+def test_restore_params_alone(tmp_path):
+  mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("data", "tensor"))
+  graphdef, params = _init(4)
+  params = _shard(params, mesh, _spec_tensor)
+  opt = _shard(_TX.init(params), mesh, _spec_tensor)
+  params, opt, rng, _ = _make_step(graphdef)(params, opt, params, jax.random.key(4))
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(async_save=False)) as manager:
+    manager.save(ckpt_lib.TrainState(9, params, opt, params, rng))
+  # An evaluator knows only the model: a fresh, differently initialised one on a single device.
+  _, target = _init(5)
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
+    got = manager.restore_params(jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), target))
+  _leaves_equal(got, params)
+  assert got["l2"]["kernel"].value.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
