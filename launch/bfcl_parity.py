@@ -7,6 +7,7 @@ For every task: its ground truth (must score R_P = 1 and success here) and up to
   python -m launch.bfcl_parity --all                   # 800 tasks x (GT + 5 perturbations)
   python -m launch.bfcl_parity --per_category=40       # stratified sample (what the test runs)
   python -m launch.bfcl_parity --all --kinds=7 --json_out=runs/bfcl_parity.json
+  python -m launch.bfcl_parity --all --stacked=3000      # plus 3000 trajectories with 2-4 stacked perturbations
 
 Exit status 1 if any verdict disagrees or any ground truth falls short of R_P = 1.
 """
@@ -28,6 +29,7 @@ _PER_CATEGORY = flags.DEFINE_integer("per_category", 40, "Tasks per category, dr
 _KINDS = flags.DEFINE_integer("kinds", 5, f"Perturbations per task (distinct kinds, at most {len(parity.KINDS)}).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the task sample and the perturbations.")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the report as JSON here.")
+_STACKED = flags.DEFINE_integer("stacked", 0, "Also check this many trajectories with 2-4 stacked perturbations.")
 
 
 def main(argv):
@@ -53,11 +55,18 @@ def main(argv):
         f"wall {wall:.1f} s")
   for tid, kind in rep.disagreements[:20]:
     print(f"DISAGREE {tid} {kind}")
+  stacked_ok = True
+  if _STACKED.value:
+    checked, agree, bad = parity.run_stacked_parity(tasks, _STACKED.value, _SEED.value)
+    print(f"stacked perturbations (2-4 each): agreement {agree}/{checked}")
+    for tid in bad[:20]:
+      print(f"DISAGREE (stacked) {tid}")
+    stacked_ok = agree == checked
   if _JSON_OUT.value:
     os.makedirs(os.path.dirname(_JSON_OUT.value) or ".", exist_ok=True)
     with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
       json.dump({**rep._asdict(), "wall_seconds": wall, "kinds": _KINDS.value, "seed": _SEED.value}, f, indent=1)
-  ok = rep.agree == rep.checked and rep.gt_full == rep.tasks
+  ok = rep.agree == rep.checked and rep.gt_full == rep.tasks and stacked_ok
   sys.exit(0 if ok else 1)
 
 

@@ -207,3 +207,34 @@ def run_parity(tasks: Sequence[Task], kinds_per_task: int, seed: int) -> ParityR
         disagreements.append((task.id, kind))
   return ParityReport(checked, agree, ours_pass, official_pass, gt_full, len(tasks), t_ours, t_official,
                       disagreements)
+
+
+def stacked_perturbation(task: Task, n_kinds: int, rng: np.random.Generator) -> Calls | None:
+  """``n_kinds`` random perturbations applied one after another (each to the previous result); None if none applied."""
+  current, calls = task, None
+  for kind in rng.choice(KINDS, n_kinds):
+    out = perturb(current, str(kind), rng)
+    if out is not None:
+      calls = out
+      current = current.replace(gt_calls=tuple(tuple(t) for t in out))
+  return calls
+
+
+def run_stacked_parity(tasks: Sequence[Task], n: int, seed: int) -> tuple[int, int, list[str]]:
+  """``n`` trajectories, each a random task with a stack of 2-4 perturbations: (checked, agree, disagreeing ids)."""
+  rng = np.random.default_rng(seed)
+  gts = {c: data.raw_ground_truth(c) for c in {t.category for t in tasks}}
+  checked = agree = 0
+  bad = []
+  for _ in range(n):
+    task = tasks[int(rng.integers(len(tasks)))]
+    calls = stacked_perturbation(task, int(rng.integers(2, 5)), rng)
+    if calls is None:
+      continue
+    ours = env.score(task, calls).success
+    checked += 1
+    if ours == official_verdict(task, gts[task.category][task.id], calls):
+      agree += 1
+    else:
+      bad.append(task.id)
+  return checked, agree, bad
