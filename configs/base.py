@@ -122,6 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rods.dynamic_sampling_max_rounds = 4
   c.rods.static_pool_max_passes = 3  # static_pool: passes over the seeds (warm-up policy) collecting boundary seeds
   c.rods.static_pool_timeout_s = 600.0  # static_pool: how long training may wait for its one-off pool
+  c.rods.seed_limit = 0  # use only the first N tasks of the seed split (0 = all): quick runs and tests
 
   # --- synthesis (rods_jax/rods/synthesis) ---
   c.synthesis = ml_collections.ConfigDict()
@@ -137,6 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthesis.process = True  # run the synthesizer in a separate process
   c.synthesis.exchange_dir = ""  # multi-host: directory-based exchange instead of multiprocessing queues
   c.synthesis.planner = "auto"  # auto (toolworld: its generator; bfcl: rename) | generator | rename
+  c.synthesis.value_catalog_split = "train"  # rename planner: swap city/symbol/option values for ones seen in this
+  #   split's ground truth at the same (function, argument) ("" = off; toolworld ignores it)
   c.synthesis.max_string_len = 200  # critique gate: string arguments <= this many chars (paper App. G)
   c.synthesis.max_list_len = 5  # critique gate: list arguments <= this many items
   c.synthesis.max_query_chars = 1200  # a rewritten user query longer than this is rejected

@@ -1,5 +1,7 @@
 """Skill-aligned synthesis on BFCL: seeds of every API class → executable, validated ground truth (template backend)."""
 import collections
+import datetime
+import re
 
 import numpy as np
 import pytest
@@ -125,3 +127,81 @@ def test_perturb_keeps_structure(setup):
     assert [[c["name"] for c in t] for t in r.task.gt_calls] == [[c["name"] for c in t] for t in seed.gt_calls]
     assert env.score(r.task, r.task.gt_calls).progress == 1.0
   assert done >= 20
+
+
+# --- the rename planner's pieces, against hand-written references -------------------------------------------------
+from hypothesis import given, settings, strategies as hst  # noqa: E402
+
+from rods_jax.rods.synthesis import flow, rename  # noqa: E402
+
+
+def test_flow_sources_and_locators():
+  turns = ("find the file called 'notes.txt' and copy it to archive",
+           "now send 250 to account A17")
+  gt = (({"name": "find", "arguments": {"name": "notes.txt"}},
+         {"name": "copy", "arguments": {"file_id": "F23", "dir": "archive"}}),
+        ({"name": "transfer", "arguments": {"amount": 250, "dst": "A17", "ref": 4411, "ids": ["F23", "zz"]}},))
+  outputs = ('{"result": {"id": "F23", "size": 4411}}', "copied F23 to archive", "ok")
+  src = {(s.call, s.arg, s.path): s for s in flow.argument_sources(turns, gt, outputs)}
+  assert src[(0, "name", ())].kind == flow.USER
+  assert src[(1, "file_id", ())].kind == flow.FLOW and src[(1, "file_id", ())].locator.json_path == ("result", "id")
+  assert src[(1, "dir", ())].kind == flow.USER
+  assert src[(2, "amount", ())].kind == flow.USER and src[(2, "dst", ())].kind == flow.USER
+  assert src[(2, "ref", ())].kind == flow.FLOW and src[(2, "ref", ())].locator.as_type == "int"
+  assert src[(2, "ids", (0,))].kind == flow.FLOW and src[(2, "ids", (1,))].kind == flow.FIXED
+  loc = src[(1, "file_id", ())].locator
+  assert flow.resolve('{"result": {"id": "F99", "size": 7}}', loc) == "F99"
+  assert flow.resolve('{"other": 1}', loc) is None
+  text_loc = flow.locate("copied F23 to archive", "F23", 1)
+  assert text_loc.token_index == 1 and flow.resolve("copied F71 to archive", text_loc) == "F71"
+
+
+def test_rename_text_state_and_shapes():
+  rng = np.random.default_rng(0)
+  edits = [rename.Edit("final_report.pdf", "amber_ledger.pdf", True), rename.Edit(50, 37, False),
+           rename.Edit("doc", "orchard", True)]
+  text = "Move 'final_report.pdf' (50 pages, not 150 or 50.5) into doc/ not docs; 50."
+  assert rename.apply_to_text(text, edits) == \
+      "Move 'amber_ledger.pdf' (37 pages, not 150 or 50.5) into orchard/ not docs; 37."
+  state = {"FS": {"root": {"doc": {"final_report.pdf": {"content": "see final_report.pdf"}}, "n": 50}}}
+  assert rename.apply_to_state(state, edits) == \
+      {"FS": {"root": {"orchard": {"amber_ledger.pdf": {"content": "see amber_ledger.pdf"}}, "n": 50}}}
+  for old in ("final_report.pdf", "card_3478", "NVDA", "Michael", "2026-02-28", "abc123xyz"):
+    new = rename.fresh_string(old, rng, set())
+    assert new != old
+    if "." in old:
+      assert new.endswith(".pdf")
+    if old == "card_3478":
+      assert re.fullmatch(r"[a-z]+_\d{4}", new)
+    if old == "NVDA":
+      assert re.fullmatch(r"[A-Z]{4}", new)
+    if old == "2026-02-28":
+      assert datetime.date.fromisoformat(new) > datetime.date(2026, 2, 28)
+  for old in (7, 120, 3.5, 220.34, -40):
+    new = rename.fresh_number(old, rng)
+    assert type(new) is type(old) and new != old
+
+
+@given(hst.lists(hst.from_regex(r"[a-z]{3,8}(_[a-z]{2,5})?(\.txt)?", fullmatch=True), min_size=1, max_size=4,
+                 unique=True), hst.integers(0, 2**31))
+@settings(max_examples=60, deadline=None)
+def test_rename_replaces_every_mention(names, seed):
+  rng = np.random.default_rng(seed)
+  taken = set(names)
+  edits = []
+  for n in names:
+    new = rename.fresh_string(n, rng, taken)
+    taken.add(new)
+    edits.append(rename.Edit(n, new, True))
+  text = " and ".join(f"'{n}'" for n in names)
+  out = rename.apply_to_text(text, edits)
+  for e in edits:
+    assert f"'{e.new}'" in out
+    assert f"'{e.old}'" not in out
+
+
+def test_value_catalog_swaps_keep_backends_happy(setup):
+  env, cfg, seeds = setup
+  catalog = rename.value_catalog(seeds)
+  assert len(catalog[("get_zipcode_based_on_city", "city")]) >= 3
+  assert {"economy", "business"} <= set(catalog[("get_flight_cost", "travel_class")])

@@ -98,3 +98,40 @@ def test_toolworld_perturb(env_and_seeds):
     assert r.task.lineage.origin == "augment" and r.task.initial_state != seed.initial_state
     assert profiles_match(profile(seed, env), profile(r.task, env), 0.0)
     assert env.score(r.task, r.task.gt_calls).success
+
+
+def test_augment_miss_func_and_miss_param(env_and_seeds):
+  from rods_jax.rods.synthesis import augment, plan, structure
+  from rods_jax.rods.synthesis.pipeline import turn_specs
+  env, cfg, seeds = env_and_seeds
+  base_tasks = [s for s in seeds if s.category == "base" and s.num_turns >= 2]
+  made = collections.Counter()
+  for task in base_tasks:
+    t = 1
+    try:
+      mf = augment.make_miss_func(task, t, structure.miss_func_message(env))
+    except ValueError:
+      continue
+    name = task.gt_calls[t][0]["name"]
+    assert mf.category == "miss_func" and mf.num_turns == task.num_turns + 1 and mf.gt_calls[t] == ()
+    offered = lambda k: {tool.get("function", tool)["name"] for tool in env.tools_at(mf, k)}
+    assert name not in offered(t) and name in offered(t + 1)
+    assert env.score(mf, mf.gt_calls).success
+    # Acting in the missing turn fails it (BFCL semantics: the agent must not call).
+    eager = list(mf.gt_calls)
+    eager[t] = mf.gt_calls[t - 1][:1] if mf.gt_calls[t - 1] else ({"name": name, "arguments": {}},)
+    assert not env.score(mf, eager).turn_state[t]
+    made["miss_func"] += 1
+    specs = turn_specs(task, plan.analyse(env, task).outputs)
+    for arg, value in specs[t].user_values:
+      if not isinstance(value, str) or len(value) < 2:
+        continue
+      mp = augment.make_miss_param(task, t, arg, value)
+      assert mp.category == "miss_param" and mp.gt_calls[t] == () and mp.gt_calls[t + 1] == task.gt_calls[t]
+      assert value not in mp.turns[t] and value in mp.turns[t + 1]
+      assert env.score(mp, mp.gt_calls).success
+      made["miss_param"] += 1
+      break
+    if made["miss_func"] >= 5 and made["miss_param"] >= 3:
+      break
+  assert made["miss_func"] >= 5 and made["miss_param"] >= 3, made

@@ -85,8 +85,9 @@ class Synthesizer:
     self.env = env
     self.backend = backend
     self.cfg = cfg
-    self.planner = planner if planner is not None else structure.make_planner(env, cfg)
-    self.perturber = structure.make_perturber(env, cfg)
+    value_catalog = structure.catalog(env, cfg)
+    self.planner = planner if planner is not None else structure.make_planner(env, cfg, value_catalog)
+    self.perturber = structure.make_perturber(env, value_catalog)
     self.stats = SynthesisStats()
     for field in ("max_attempts", "max_refinements", "max_string_len", "max_list_len", "max_query_chars"):
       if int(getattr(cfg, field)) < (1 if field != "max_refinements" else 0):

@@ -104,8 +104,10 @@ def variant_id(seed: Task, rng: np.random.Generator, tag: str) -> str:
 class RenamePlanner:
   """Structure-preserving planner for any environment (see module docstring)."""
 
-  def __init__(self, env, analysis_cache_size: int = 1024):
+  def __init__(self, env, catalog: Mapping[tuple[str, str], tuple[Any, ...]] | None = None,
+               analysis_cache_size: int = 1024):
     self._env = env
+    self._catalog = dict(catalog) if catalog is not None else {}
     self._cache: dict[str, SeedAnalysis] = {}
     self._cache_size = analysis_cache_size
 
@@ -121,7 +123,8 @@ class RenamePlanner:
     an = self.analysis(seed)
     calls = flat_calls(seed)
     values = {(s.call, s.arg, s.path): leaf(calls[s.call]["arguments"][s.arg], s.path) for s in an.sources}
-    edits = rename.candidate_edits(seed.turns, seed.initial_state, an.sources, values, blocklist.values, rng)
+    edits = rename.candidate_edits(seed.turns, seed.initial_state, an.sources, values, blocklist.values, rng,
+                                   call_names=[c["name"] for c in calls], catalog=self._catalog)
     refs = {(s.call, s.arg, s.path): s.locator for s in an.sources if s.kind == flow.FLOW}
     new_calls = []
     for j, call in enumerate(calls):

@@ -155,14 +155,32 @@ def _quoted(text: str, value: str) -> bool:
   return any(f"{q}{value}{q}" in text for q in ("'", '"', "`"))
 
 
+def value_catalog(tasks: Iterable[Any]) -> dict[tuple[str, str], tuple[Any, ...]]:
+  """(function, argument) -> the distinct string values the ground truth of ``tasks`` passes there, sorted.
+
+  Backends with fixed tables (BFCL's cities, airports, stock symbols, travel classes) accept exactly such values, so a
+  swap within the catalog gives a new task the backend can still execute.
+  """
+  out: dict[tuple[str, str], set] = {}
+  for task in tasks:
+    for turn in task.gt_calls:
+      for call in turn:
+        for arg, value in call.get("arguments", {}).items():
+          if isinstance(value, str) and len(value) >= 2:
+            out.setdefault((call["name"], arg), set()).add(value)
+  return {k: tuple(sorted(v)) for k, v in out.items()}
+
+
 def candidate_edits(turns: Sequence[str], initial_state: Mapping[str, Any], sources: Sequence[flow.ArgSource],
                     values: Mapping[tuple[int, str, tuple[int, ...]], Any], blocked: Iterable[str],
-                    rng: np.random.Generator) -> list[Edit]:
+                    rng: np.random.Generator, call_names: Sequence[str] = (),
+                    catalog: Mapping[tuple[str, str], Sequence[Any]] | None = None) -> list[Edit]:
   """The edits of one plan: every user-stated leaf that names an entity or is a number gets a fresh value.
 
   A string is an entity if the user quotes it, or it is a key / leaf of the initial state, or (≥ 4 chars) occurs inside
-  a state string. Unquoted single words outside the state (enums such as ``Buy``, units, airport codes served from a
-  backend's fixed tables) are left alone.
+  a state string; it gets a fresh value of the same shape. Other user-stated strings (cities, symbols, options served
+  from a backend's fixed tables) are swapped for another value the catalog has seen at the same (function, argument),
+  when there is one; otherwise they are left alone.
   """
   text = "\n".join(turns)
   strings = state_strings(initial_state)
@@ -178,14 +196,18 @@ def candidate_edits(turns: Sequence[str], initial_state: Mapping[str, Any], sour
     if key in edits or key in blocked:
       continue
     if isinstance(v, str):
-      in_state = v in strings or (len(v) >= 4 and any(v in s for s in strings))
-      if not (in_state or _quoted(text, v)) or len(v) < 2:
-        continue
-      if text.lower().count(v.lower()) != text.count(v):
+      if len(v) < 2 or text.lower().count(v.lower()) != text.count(v):
         continue  # also written in another case ("Zeta" for ZETA): a rename could not update every mention
-      if not in_state and v.isalpha() and v.islower():
-        continue  # a quoted plain word outside the state ('business', 'temp') is usually an option value
-      new = fresh_string(v, rng, taken)
+      in_state = v in strings or (len(v) >= 4 and any(v in s for s in strings))
+      entity = in_state or (_quoted(text, v) and not (v.isalpha() and v.islower()))
+      if entity:
+        new = fresh_string(v, rng, taken)
+      else:
+        name = call_names[src.call] if src.call < len(call_names) else ""
+        options = [o for o in (catalog or {}).get((name, src.arg), ()) if o != v and o.lower() not in text.lower()]
+        if not options:
+          continue
+        new = options[int(rng.integers(len(options)))]
       taken.add(new)
       edits[key] = Edit(v, new, in_state)
     elif isinstance(v, (int, float)) and not isinstance(v, bool):

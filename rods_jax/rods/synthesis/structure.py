@@ -89,24 +89,32 @@ def _toolworld_generate(env):
   return generate
 
 
-def make_planner(env, cfg) -> plan.Planner:
-  """cfg.planner: auto (toolworld → its generator, others → rename) | generator | rename."""
+def make_planner(env, cfg, value_catalog: dict) -> plan.Planner:
+  """cfg.planner: auto (toolworld → its generator, others → rename over ``value_catalog``) | generator | rename."""
   choice = str(cfg.planner)
   if choice not in PLANNERS:
     raise ValueError(f"config.synthesis.planner={choice!r} not in {PLANNERS}")
   if choice == "rename" or (choice == "auto" and env.name != "toolworld"):
-    return plan.RenamePlanner(env)
+    return plan.RenamePlanner(env, value_catalog)
   if env.name != "toolworld":
     raise ValueError(f"config.synthesis.planner='generator' needs an environment with a generator, not {env.name}")
   return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed))
 
 
-def make_perturber(env, cfg) -> plan.Planner:
+def catalog(env, cfg) -> dict:
+  """Values seen at each (function, argument) in ``cfg.value_catalog_split`` ("" = none): swap candidates."""
+  split = str(cfg.value_catalog_split)
+  if not split or env.name == "toolworld":
+    return {}
+  from rods_jax.rods.synthesis import rename  # pylint: disable=g-import-not-at-top
+  return rename.value_catalog(env.load_tasks(split))
+
+
+def make_perturber(env, value_catalog: dict) -> plan.Planner:
   """The env_augment perturbation: toolworld re-draws the world entities; other environments rename."""
-  del cfg
   if env.name == "toolworld":  # rerandomize = generate from the task's own profile: same calls, new world
     return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed))
-  return plan.RenamePlanner(env)
+  return plan.RenamePlanner(env, value_catalog)
 
 
 def expected_ok(planner: plan.Planner, seed: Task):
