@@ -526,3 +526,12 @@ def test_parity_on_composed_perturbations(all_tasks):
       assert env.score(task, calls).success == parity.official_verdict(task, gts[cat][task.id], calls)
 
   check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(needed=st.lists(st.sampled_from(["a", "b", '{"x": 1}', "", "None"]), max_size=6),
+       pool=st.lists(st.sampled_from(["a", "b", '{"x": 1}', "", "None", "c"]), max_size=8))
+def test_response_check_equals_bfcl_response_checker(needed, pool):
+  """The shared reward.turn_checks response test is exactly bfcl's response_checker (multiset inclusion)."""
+  from rods_jax.envs import reward
+  assert reward.multiset_contains(needed, pool) == response_checker(list(pool), list(needed), 0)["valid"]
