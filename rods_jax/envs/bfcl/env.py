@@ -76,7 +76,7 @@ class BfclWorld:
 
 
 class BfclEpisode(protocol.TurnEpisode):
-  """A live BFCL episode; adds the held-out function docs to the miss_func recovery turn's user message."""
+  """A live BFCL episode; the miss_func recovery turn's user message carries the released tools' schemas."""
 
   def user_message(self) -> str:
     text = super().user_message()
