@@ -99,6 +99,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft.eval_every = 50
   c.sft.select_by_zones = True  # keep the checkpoint with the largest seed boundary fraction (DESIGN §5)
   c.sft.init_checkpoint = ""  # start GRPO from this warm-up checkpoint directory instead of running SFT
+  c.sft.grad_clip = 1.0  # global-norm clip of the warm-up (lab prototype: 1.0)
+  c.sft.rerandomize = True  # toolworld: re-draw each seed's world every time it is sampled (anti-memorisation, §5)
+  c.sft.eval_tasks = 64  # seeds (canonical worlds) rolled out K times at each zone evaluation
 
   # --- RODS (rods_jax/rods) ---
   c.rods = ml_collections.ConfigDict()
