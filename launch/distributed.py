@@ -3,7 +3,7 @@
 Precedence: explicit flags, then the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
 ``JAX_PROCESS_ID``), then ``--distributed=auto`` (JAX's own cluster detection: TPU VM slices, SLURM, Open MPI, ...).
 With none of these it is a no-op and the run is single-process. Every entry point calls ``initialize_from_flags()``
-before touching devices.
+before touching devices (flags added with ``define_flags``).
 
   # two hosts by hand (GPU nodes, or the localhost test):
   python -m launch.train ... --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
@@ -19,12 +19,17 @@ from typing import NamedTuple
 
 from absl import flags, logging
 
-_MODE = flags.DEFINE_enum("distributed", "env", ["off", "env", "auto"],
-                          "off: single process. env: initialize when flags or JAX_* env vars give a coordinator. "
-                          "auto: jax.distributed.initialize() with JAX's cluster auto-detection (TPU VM, SLURM).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0's coordinator service.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Total number of processes (0 = from env / single).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index in [0, num_processes) (-1 = from env).")
+
+def define_flags(fv: flags.FlagValues) -> None:
+  """Adds --distributed, --coordinator_address, --num_processes, --process_id to ``fv``."""
+  flags.DEFINE_enum("distributed", "env", ["off", "env", "auto"],
+                    "off: single process. env: initialize when flags or JAX_* env vars give a coordinator. "
+                    "auto: jax.distributed.initialize() with JAX's cluster auto-detection (TPU VM, SLURM).",
+                    flag_values=fv)
+  flags.DEFINE_string("coordinator_address", "", "host:port of process 0's coordinator service.", flag_values=fv)
+  flags.DEFINE_integer("num_processes", 0, "Total number of processes (0 = from env / single).", flag_values=fv)
+  flags.DEFINE_integer("process_id", -1, "This process's index in [0, num_processes) (-1 = from env).",
+                       flag_values=fv)
 
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -82,8 +87,12 @@ def initialize(spec: DistributedSpec) -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def initialize_from_flags() -> DistributedSpec:
+def spec_from_flags(fv: flags.FlagValues, environ: Mapping[str, str]) -> DistributedSpec:
+  return resolve(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id, environ)
+
+
+def initialize_from_flags(fv: flags.FlagValues) -> DistributedSpec:
   """Resolves the flags + os.environ and initializes; returns the spec used."""
-  spec = resolve(_MODE.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, os.environ)
+  spec = spec_from_flags(fv, os.environ)
   initialize(spec)
   return spec

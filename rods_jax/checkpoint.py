@@ -28,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 PyTree = Any
 
@@ -50,12 +51,18 @@ class Restored(NamedTuple):
   host_state: dict[str, Any]  # name -> the JSON-able value given to save()
 
 
+def _path(directory: str | os.PathLike) -> epath.Path:
+  """Local paths made absolute; URLs (gs://...) kept as they are."""
+  directory = os.fspath(directory)
+  return epath.Path(directory if "://" in directory else os.path.abspath(directory))
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
   """The newest finished checkpoint step under ``directory``, or None when there is none (or no directory)."""
-  directory = os.fspath(directory)
-  if not os.path.isdir(directory):
+  path = _path(directory)
+  if not path.is_dir():
     return None
-  steps = ocp.utils.checkpoint_steps(directory)
+  steps = ocp.utils.checkpoint_steps(path)
   return max(steps) if steps else None
 
 
@@ -108,7 +115,7 @@ class CheckpointManager:
       raise ValueError(f"config.checkpoint.keep={cfg.keep} must be >= 1")
     if cfg.every_steps < 1:
       raise ValueError(f"config.checkpoint.every_steps={cfg.every_steps} must be >= 1")
-    self._directory = os.path.abspath(os.fspath(directory))
+    self._directory = _path(directory)
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=cfg.every_steps,
         max_to_keep=cfg.keep,
@@ -119,7 +126,7 @@ class CheckpointManager:
 
   @property
   def directory(self) -> str:
-    return self._directory
+    return os.fspath(self._directory)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()

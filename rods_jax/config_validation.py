@@ -174,7 +174,7 @@ def resolve_mesh(mesh_cfg, num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def _check_consistency(c, num_devices: int) -> None:
+def _check_consistency(c, num_devices: int | None) -> None:
   from configs import arms
 
   for dotted, required in arms.ARMS[c.arm].items():
@@ -182,8 +182,11 @@ def _check_consistency(c, num_devices: int) -> None:
     if c[section][field] != required:
       _fail(dotted, c[section][field], f"contradicts config.arm={c.arm!r}, which requires {required!r} "
             "(configs/arms.py)")
-  mesh = resolve_mesh(c.mesh, num_devices)
-  dp = mesh["data"] * mesh["fsdp"]
+  if num_devices is None:  # device-independent checks only (sweep planning, a stand-alone synthesizer)
+    dp = 1
+  else:
+    mesh = resolve_mesh(c.mesh, num_devices)
+    dp = mesh["data"] * mesh["fsdp"]
   if c.rollout.k < 2:
     _fail("rollout.k", c.rollout.k, "must be >= 2: group-relative advantages and the boundary detector need K >= 2 "
           "rollouts per task")
@@ -221,11 +224,14 @@ def _check_consistency(c, num_devices: int) -> None:
     _fail("train.total_trajectories", c.train.total_trajectories, f"is less than one step's {rows} trajectories")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Raises ValueError naming the first bad field of ``config`` for a run on ``num_devices`` devices."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None) -> None:
+  """Raises ValueError naming the first bad field of ``config`` for a run on ``num_devices`` devices.
+
+  ``num_devices=None`` skips the checks that depend on the device count (mesh shape, batch divisibility).
+  """
   from configs import base
 
-  if num_devices < 1:
+  if num_devices is not None and num_devices < 1:
     raise ValueError(f"num_devices={num_devices} must be >= 1")
   _check_keys_and_types(config, base.get_config())
   _check_names(config)
