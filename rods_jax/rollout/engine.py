@@ -132,7 +132,7 @@ class MultiTurnEngine:
     samp = self.sampling if sampling is None else sampling
     params = params if isinstance(params, tuple) else (params,)
     times = {"prefill": 0.0, "decode": 0.0, "tools": 0.0}
-    stats = {"prefill_calls": 0, "prefill_rows": 0, "prefill_tokens": 0, "decode_calls": 0, "decode_steps": 0,
+    stats = {"prefill_calls": 0, "prefill_rows_first": 0, "prefill_rows": 0, "prefill_tokens": 0, "decode_calls": 0, "decode_steps": 0,
              "sampled_tokens": 0}
     t_start = time.perf_counter()
     n_rows = len(tasks) * k
@@ -266,6 +266,8 @@ class MultiTurnEngine:
       valid[i, :len(s)] = True
     base = [0] * n if base is None else base
     kv_len = sampler.kv_bucket(max(b + len(s) for b, s in zip(base, seqs)), lim.kv_bucket, lim.cache_capacity)
+    if not stats["prefill_calls"]:
+      stats["prefill_rows_first"] = sum(1 for s in seqs if s)
     stats["prefill_calls"] += 1
     stats["prefill_rows"] += sum(1 for s in seqs if s)
     stats["prefill_tokens"] += sum(len(s) for s in seqs)

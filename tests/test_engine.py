@@ -1,0 +1,319 @@
+"""Chat rendering (token deltas) and the batched multi-turn engine.
+
+A byte-level BPE tokenizer with a Qwen2.5-style ChatML tool template is built here from `tokenizers` (no hub), plus a
+scripted environment whose replies do not depend on the text, so trajectories can be replayed by an independent
+reference loop (full forward passes, no cache). The lab tokenizer + toolworld run at the end of the file.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import PreTrainedTokenizerFast
+
+from rods_jax.envs.protocol import EpisodeResult, StepResult
+from rods_jax.models import Transformer, get_preset
+from rods_jax.rollout.engine import MultiTurnEngine
+from rods_jax.rollout.render import ChatRenderer, TemplatePrefixError
+from rods_jax.rollout.sampling import SamplingParams
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+
+# Qwen2.5-style: tools in the system prompt, consecutive tool messages grouped in one user turn as <tool_response>s.
+CHATML_TOOLS = (
+    "{%- if tools %}{{ '<|im_start|>system\\nYou are a helpful assistant.\\n\\n# Tools\\n<tools>' }}"
+    "{%- for tool in tools %}{{ '\\n' + (tool | tojson) }}{%- endfor %}{{ '\\n</tools><|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{ '<|im_start|>user' }}{%- endif %}"
+    "{{ '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{ '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def _bpe_tokenizer() -> PreTrainedTokenizerFast:
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  corpus = ["<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n<tools>\n" + json.dumps(TOOLS[0]),
+            "\n</tools><|im_end|>\n<|im_start|>user\nfind budget who owns it send it<|im_end|>\n<|im_start|>assistant\n",
+            "<|im_end|>\n<|im_start|>user\n<tool_response>\nobs 0 a\n</tool_response>\n<tool_response>\nobs b\n"
+            "</tool_response><|im_end|>\n<|im_start|>assistant\n", '{"name": "probe_fn", "arguments": {}}',
+            "the owner is carol 0123456789 Error: again probe question result answer follow-up final"] * 20
+  tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=500, special_tokens=SPECIALS, show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                 additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+  fast.chat_template = CHATML_TOOLS
+  return fast
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return _bpe_tokenizer()
+
+
+TOOLS = [{"type": "function", "function": {"name": "find", "description": "find a file", "parameters": {
+    "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}]
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def test_render_deltas_reproduce_the_template(tokenizer):
+  r = ChatRenderer(tokenizer)
+  r.check_prefix_property()
+  rng = np.random.default_rng(0)
+  im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+  state, ids = r.start([{"role": "user", "content": "who owns budget?"}], TOOLS)
+  all_ids = list(ids)
+  sampled_mask = [False] * len(ids)
+  steps = [([{"role": "tool", "content": "id= F23"}, {"role": "tool", "content": "owner= carol"}], True, True),
+           ([{"role": "user", "content": "and then?"}], True, False),
+           ([], False, True)]
+  for new, gen, end_with_stop in steps:
+    sampled = rng.integers(len(SPECIALS), tokenizer.vocab_size, size=7).tolist()  # arbitrary, non-canonical ids
+    if end_with_stop:
+      sampled.append(im_end)
+    state, delta, content = r.extend(state, sampled, new, gen)
+    assert content == r.message_text(sampled)
+    all_ids += sampled + delta
+    sampled_mask += [True] * len(sampled) + [False] * len(delta)
+  # the ids decode to exactly the template's rendering of the final conversation
+  assert r.decode(all_ids) == r.render(state.messages, TOOLS, generation_prompt=False) == state.text
+  assert state.messages[1]["role"] == "assistant" and state.messages[2]["content"] == "id= F23"
+  # the sampled ids are kept verbatim (never re-encoded): the mask marks exactly them
+  assert sum(sampled_mask) == 7 * 3 + 2
+  # a message cut by the token cap (no <|im_end|> sampled) gets <|im_end|> from the template, as delta
+  state2, ids2 = r.start([{"role": "user", "content": "hi"}], TOOLS)
+  _, delta2, _ = r.extend(state2, r.encode("abc"), [{"role": "user", "content": "more"}], True)
+  assert r.decode(delta2).startswith("<|im_end|>\n<|im_start|>user\nmore")
+
+
+def test_render_eos_stop_kept_in_content(tokenizer):
+  r = ChatRenderer(tokenizer)
+  state, ids = r.start([{"role": "user", "content": "q"}], None)
+  sampled = r.encode("done") + [tokenizer.eos_token_id]
+  state, delta, content = r.extend(state, sampled, [], False)
+  assert content == "done<|endoftext|>"  # the template does not render EOS itself, so it stays in the content
+  assert r.decode(ids + sampled + delta) == state.text
+
+
+def test_template_without_prefix_property_raises(tokenizer):
+  # renders only the LAST assistant message's content (like templates that strip reasoning from past turns)
+  bad = CHATML_TOOLS.replace("+ message.content + '<|im_end|>",
+                             "+ ('(omitted)' if message.role == 'assistant' and not loop.last else message.content)"
+                             " + '<|im_end|>")
+  r = ChatRenderer(tokenizer, chat_template=bad)
+  with pytest.raises(TemplatePrefixError, match="prefix property"):
+    r.check_prefix_property()
+  trimming = CHATML_TOOLS.replace("+ message.content + '<|im_end|>", "+ (message.content | trim) + '<|im_end|>")
+  r = ChatRenderer(tokenizer, chat_template=trimming)
+  state, _ = r.start([{"role": "user", "content": "q"}], None)
+  with pytest.raises(TemplatePrefixError, match="first difference"):
+    r.extend(state, r.encode("answer  \n"), [{"role": "user", "content": "next"}], True)
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+class ScriptedEpisode:
+  """Per turn: the first message gets two tool observations, the second is taken as the answer; text is ignored.
+  Deterministic, so an independent reference loop can replay it."""
+
+  def __init__(self, task):
+    self.task = task
+    self.turn = 0
+    self.done = False
+    self.step_in_turn = 0
+    self.texts = []
+    self.closed = 0
+    self.forced = 0
+
+  def system_tools(self):
+    return TOOLS
+
+  def user_message(self):
+    return self.task["turns"][self.turn]
+
+  def step(self, text):
+    self.texts.append(text)
+    self.step_in_turn += 1
+    if self.step_in_turn == 1 and self.task["tool_steps"] >= 1:
+      return StepResult("tool", [f"obs {self.turn} a", "obs b"], False, False)
+    if self.step_in_turn <= self.task["tool_steps"]:
+      return StepResult("error", ["Error: again"], False, False)
+    self._close()
+    return StepResult("answer", [], True, self.done)
+
+  def force_close_turn(self):
+    self.forced += 1
+    self._close()
+
+  def _close(self):
+    self.turn += 1
+    self.closed += 1
+    self.step_in_turn = 0
+    self.done = self.turn >= len(self.task["turns"])
+
+  def result(self):
+    p = self.closed / len(self.task["turns"])
+    return EpisodeResult([True] * self.closed, [True] * self.closed, p, p == 1.0, 2 * self.closed, 0, 0, self.closed)
+
+
+class ScriptedEnv:
+  name = "scripted"
+
+  def new_episode(self, task):
+    return ScriptedEpisode(task)
+
+
+def _rollout_cfg(**kw):
+  c = ml_collections.ConfigDict(dict(
+      temperature=1.0, top_p=1.0, top_k=0, max_steps_per_turn=2, max_tokens_per_message=6,
+      max_trajectory_tokens=384, cache_capacity=384, kv_bucket=384, prefill_bucket=128,
+      stop_strings=("<|im_end|>",)))  # one kv bucket, few prefill widths: few compilations (bucketing: test_sampler)
+  c.update(kw)
+  return c
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tokenizer):
+  cfg = get_preset("lab_tiny", vocab_size=len(tokenizer), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1,
+                   head_dim=16, mlp_dim=64, init_std=0.3)
+  model = Transformer(cfg, rngs=nnx.Rngs(1))
+  graphdef, params = nnx.split(model)
+  return cfg, graphdef, params
+
+
+TASKS = [{"id": "t0", "category": "base", "turns": ["find budget", "who owns it", "send it"], "tool_steps": 1},
+         {"id": "t1", "category": "base", "turns": ["find x"], "tool_steps": 0},
+         {"id": "t2", "category": "base", "turns": ["a", "b"], "tool_steps": 3}]  # 3 > max_steps: forced closes
+
+
+def _reference_greedy(tokenizer, cfg, graphdef, params, task, rollout_cfg):
+  """Independent replay: greedy decoding with a FULL forward pass over the whole sequence at every token."""
+  r = ChatRenderer(tokenizer)
+  forward = jax.jit(lambda t, m: nnx.merge(graphdef, params)(t, jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape), m))
+  width = rollout_cfg.max_trajectory_tokens
+  ep = ScriptedEpisode(task)
+  state, ids = r.start([{"role": "user", "content": ep.user_message()}], TOOLS)
+  toks, mask = list(ids), [False] * len(ids)
+  stop = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
+  steps = 0
+  while not ep.done:
+    sampled = []
+    while len(sampled) < rollout_cfg.max_tokens_per_message:
+      pad = np.zeros((1, width), np.int32)
+      pad[0, :len(toks)] = toks
+      z = np.asarray(forward(jnp.asarray(pad), jnp.asarray(np.arange(width) < len(toks))[None]))[0, len(toks) - 1]
+      nxt = int(z.argmax())
+      sampled.append(nxt)
+      toks.append(nxt)
+      mask.append(True)
+      if nxt in stop:
+        break
+    res = ep.step(r.message_text(sampled))
+    steps += 1
+    new = [{"role": "tool", "content": o} for o in res.observations]
+    closed = res.turn_closed
+    if not closed and steps >= rollout_cfg.max_steps_per_turn:
+      ep.force_close_turn()
+      closed = True
+    if closed:
+      steps = 0
+      if not ep.done:
+        new.append({"role": "user", "content": ep.user_message()})
+    state, delta, _ = r.extend(state, sampled, new, not ep.done)
+    toks += delta
+    mask += [False] * len(delta)
+  return toks, mask, state
+
+
+def test_greedy_engine_equals_full_forward_replay(tokenizer, tiny_model):
+  cfg, graphdef, params = tiny_model
+  rcfg = _rollout_cfg()
+  engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg)
+  batch = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=SamplingParams(temperature=0.0))
+  assert batch.tokens.shape == (6, rcfg.max_trajectory_tokens)
+  for b, task in enumerate(TASKS):
+    toks, mask, state = _reference_greedy(tokenizer, cfg, graphdef, params, task, rcfg)
+    for n in (2 * b, 2 * b + 1):
+      length = batch.lengths[n]
+      assert batch.tokens[n, :length].tolist() == toks
+      assert batch.loss_mask[n, :length].tolist() == mask
+      assert not batch.loss_mask[n, length:].any() and not batch.valid[n, length:].any()
+      assert batch.messages[n] == state.messages
+  np.testing.assert_allclose(batch.rewards, [[1, 1], [1, 1], [1, 1]])
+  assert not batch.truncated.any()
+  assert batch.stats["prefill_rows_first"] == len(TASKS)  # one prompt prefill per task, not per row
+
+
+def test_sampled_rollout_tokens_logps_and_masks(tokenizer, tiny_model):
+  cfg, graphdef, params = tiny_model
+  rcfg = _rollout_cfg(temperature=0.9, top_k=50)
+  renderer = ChatRenderer(tokenizer)
+  engine = MultiTurnEngine(graphdef, tokenizer, renderer, rcfg, cfg)
+  k = 2
+  batch = engine.rollout(params, ScriptedEnv(), TASKS, k, jax.random.key(3))
+  # K rows of a group share ONE prompt prefill: the first prefill call carries B rows
+  assert batch.stats["prefill_rows_first"] == len(TASKS)
+  forward = jax.jit(lambda t, m: nnx.merge(graphdef, params)(t, jnp.broadcast_to(jnp.arange(t.shape[1]), t.shape), m))
+  logits = np.asarray(forward(jnp.asarray(batch.tokens), jnp.asarray(batch.valid)), np.float64) / 0.9
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  pos = np.nonzero(batch.loss_mask)
+  ref = logp[pos[0], pos[1] - 1, batch.tokens[pos]]
+  np.testing.assert_allclose(batch.sampler_logps[pos], ref, atol=1e-4)
+  assert (batch.sampler_logps[~batch.loss_mask] == 0).all()
+  # K samples of one task differ (the broadcast did not collapse the rows' randomness)
+  assert len({tuple(batch.tokens[n]) for n in range(k)}) > 1
+  for n in range(batch.num_rows):
+    ids = batch.tokens[n, :batch.lengths[n]].tolist()
+    msgs = batch.messages[n]
+    assert renderer.decode(ids) == renderer.render(msgs, TOOLS, generation_prompt=False)
+    # the mask covers exactly the assistant messages' sampled ids: tool/user text is never in the loss
+    contents = [m["content"] for m in msgs if m["role"] == "assistant"]
+    edges = np.diff(np.concatenate([[0], batch.loss_mask[n].astype(int), [0]]))
+    spans = list(zip(np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]))
+    assert len(spans) == len(contents)  # one contiguous sampled span per assistant message, nothing else
+    for (s0, s1), content in zip(spans, contents):
+      assert renderer.message_text(batch.tokens[n, s0:s1].tolist()) == content
+
+
+def test_budget_truncation(tokenizer, tiny_model):
+  cfg, graphdef, params = tiny_model
+  probe = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(), cfg)
+  greedy = SamplingParams(temperature=0.0)
+  full = probe.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
+  budget = int(full.lengths[0]) - 20  # the 3-turn task cannot finish inside this budget, the 1-turn task can
+  assert full.lengths[2] < budget
+  engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(max_trajectory_tokens=budget),
+                           cfg)
+  batch = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
+  assert batch.truncated[:2].all() and not batch.truncated[2:4].any() and (batch.lengths <= budget).all()
+  assert (batch.rewards[0] < 1).all() and (batch.turns_closed[:2] < 3).all() and (batch.rewards[1] == 1).all()
+  # the truncated rows are a prefix of the untruncated greedy trajectory
+  for n in (0, 1):
+    assert batch.tokens[n, :batch.lengths[n]].tolist() == full.tokens[n, :batch.lengths[n]].tolist()
+  with pytest.raises(ValueError, match="cache_capacity"):
+    MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(cache_capacity=100), cfg)
+  with pytest.raises(ValueError, match="stop_strings"):
+    MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(stop_strings=("two words",)), cfg)
+
+
+def test_reprefill_baseline_matches_engine(tokenizer, tiny_model):
+  cfg, graphdef, params = tiny_model
+  engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(), cfg)
+  greedy = SamplingParams(temperature=0.0)
+  a = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
+  b = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy, reprefill=True)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_allclose(a.sampler_logps, b.sampler_logps, atol=1e-4)
+  assert b.stats["prefill_tokens"] > a.stats["prefill_tokens"]
