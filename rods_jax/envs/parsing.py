@@ -331,10 +331,11 @@ def _parse(text: Any, tools: Mapping[str, Mapping[str, Any]], limits: Limits, hi
   return Parsed(calls, None, errors, tuple(blocks))
 
 
-def format_call(call: ToolCall | Mapping[str, Any]) -> str:
-  """The canonical tool-call text for a call (what gold trajectories contain): compact JSON, keys in given order."""
+def format_call(call: ToolCall | Mapping[str, Any], compact: bool = False) -> str:
+  """The tool-call text of a call, arguments in their given order: Qwen style ``{"name": ..., "arguments": {...}}``,
+  or without spaces when ``compact`` (the CPU lab's gold format, fewer tokens)."""
   if isinstance(call, ToolCall):
     call = call.as_dict()
   body = json.dumps({"name": call["name"], "arguments": call.get("arguments", {})},
-                    ensure_ascii=False, separators=(", ", ": "))
+                    ensure_ascii=False, separators=(",", ":") if compact else (", ", ": "))
   return f"{OPEN}{body}{CLOSE}"

@@ -123,12 +123,13 @@ class ToolWorldEnv:
 
 
 def format_gold_call(call: Mapping[str, Any]) -> str:
-  """The canonical call text: arguments in the schema's parameter order (task JSON stores them sorted)."""
+  """The canonical (gold) call text: compact JSON, arguments in the schema's parameter order (task JSON stores them
+  sorted)."""
   fn = apis.BY_NAME.get(call["name"])
   args = call.get("arguments", {})
   if fn is not None and set(args) == {p.name for p in fn.params}:
     args = {p.name: args[p.name] for p in fn.params}
-  return parsing.format_call({"name": call["name"], "arguments": args})
+  return parsing.format_call({"name": call["name"], "arguments": args}, compact=True)
 
 
 def gold_messages(task: Task) -> list[dict[str, str]]:

@@ -25,7 +25,7 @@ from rods_jax.envs.task import CATEGORIES, Lineage, Task
 from rods_jax.envs.toolworld import apis
 from rods_jax.envs.toolworld.world import ToolWorld, make_initial_state
 
-GENERATOR_VERSION = 1  # bump when generated tasks change (invalidates split caches)
+GENERATOR_VERSION = 3  # bump when generated tasks change (invalidates split caches)
 BASE_TURN_WEIGHTS = {1: 0.08, 2: 0.17, 3: 0.35, 4: 0.30, 5: 0.10}  # base / long_context
 MISS_TURN_WEIGHTS = {1: 0.10, 2: 0.25, 3: 0.35, 4: 0.30}  # before the extra abstain turn of miss_func / miss_param
 DEPTH_WEIGHTS = {1: 0.10, 2: 0.30, 3: 0.35, 4: 0.25}
@@ -227,7 +227,7 @@ def _clause(fn: apis.Fn, args: dict, slots: dict[str, Slot], call_turn: Sequence
 
 
 def _join(clauses: Sequence[str]) -> str:
-  return ", then ".join(clauses) + "."
+  return "; ".join(clauses) + "."
 
 
 def generate(prof: profile_lib.Profile, rng: random.Random, task_id: str = "tw-gen",

@@ -16,7 +16,7 @@ FILE_NAMES = ("notes", "plan", "budget", "draft", "memo", "report", "list", "tod
               "recipe", "map", "log", "diary", "resume", "letter", "slides", "sketch", "score", "quiz", "brief", "menu")
 DIRS = ("docs", "tmp", "work", "old", "home", "pics", "music", "inbox")
 WORDS = ("hello", "thanks", "sorry", "congrats", "welcome", "ready", "late", "soon", "yes", "no", "maybe", "hurry",
-         "bye", "later", "cheers", "done", "okay", "wait", "great", "oops")
+         "bye", "later", "cheers", "ciao", "okay", "wait", "great", "oops")
 CITIES = ("rome", "oslo", "lima", "kyiv", "doha", "riga", "baku", "nice", "bern", "cork", "faro", "graz", "pisa",
           "bonn", "lyon", "split")
 PRODUCTS = ("lamp", "desk", "pen", "mug", "bag", "hat", "sock", "book", "kite", "fan", "cup", "rug", "clock", "vase",
@@ -100,7 +100,7 @@ def clone(x: Any) -> Any:
 
 def dump_output(out: Mapping[str, Any]) -> str:
   """The tool message text of an output dict: compact, deterministic JSON."""
-  return json.dumps(out, ensure_ascii=False, separators=(", ", ": "))
+  return json.dumps(out, ensure_ascii=False, separators=(",", ":"))
 
 
 class ToolWorld:
@@ -141,4 +141,4 @@ def _padding(name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
   """Long-context noise: words no function consumes, a pure function of the call (never of the call history, so the
   model's and the GT's results of the same call stay equal)."""
   h = sum((i + 1) * ord(c) for i, c in enumerate(name + json.dumps(arguments, sort_keys=True)))
-  return {"log": f"{TAGS[h % 8]} {TAGS[(h // 8) % 8]}", "tags": [TAGS[(h // 64) % 8], TAGS[(h // 512) % 8]]}
+  return {"log": f"{TAGS[h % 8]} {TAGS[(h // 8) % 8]} {TAGS[(h // 64) % 8]}"}
