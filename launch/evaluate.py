@@ -17,9 +17,10 @@ from ml_collections import config_flags
 from launch import distributed
 
 
-def define_flags(fv: flags.FlagValues) -> None:
+def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
+  # ``argv``: where config_flags looks for --config.* overrides (None = sys.argv; tests pass their own).
   config_flags.DEFINE_config_file("config", None, "The run's config file (and overrides).", flag_values=fv,
-                                  lock_config=False)
+                                  lock_config=False, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Run directory (its checkpoints/, tokenizer/, warmup/ are used).",
                       flag_values=fv)
   flags.DEFINE_string("checkpoint_dir", "", "Evaluate this HF-layout directory instead of the run's own "

@@ -11,9 +11,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 
-def define_flags(fv: flags.FlagValues) -> None:
+def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
+  # ``argv``: where config_flags looks for --config.* overrides (None = sys.argv; tests pass their own).
   config_flags.DEFINE_config_file("config", None, "The trainer's config file (same arm and overrides).",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_integer("worker_id", 0, "Distinguishes the RNG streams of several workers.", flag_values=fv)
   flags.DEFINE_integer("max_requests", 0, "Exit after serving this many requests (0 = no limit).", flag_values=fv)
   flags.DEFINE_float("idle_timeout_s", 0.0, "Exit after this long without a request (0 = never).", flag_values=fv)

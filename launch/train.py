@@ -20,10 +20,11 @@ from launch import distributed
 CHECKPOINT_SUBDIR = "checkpoints"  # the loop's layout (rods_jax.rods.loop.CHECKPOINT_DIR)
 
 
-def define_flags(fv: flags.FlagValues) -> None:
+def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   """This entry point's flags (defined only when run as a program, so modules stay importable side by side)."""
+  # ``argv``: where config_flags looks for --config.* overrides (None = sys.argv; tests pass their own).
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/<arm>.py[:scale]).",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tensorboard/, eval/.",
                       flag_values=fv)
   flags.DEFINE_integer("max_steps", 0, "Stop after this many steps of this invocation (0 = no limit).",

@@ -194,11 +194,18 @@ def _check_consistency(c, num_devices: int | None) -> None:
   if rows % dp:
     _fail("rollout.tasks_per_step", c.rollout.tasks_per_step,
           f"x config.rollout.k={c.rollout.k} = {rows} rows is not divisible by data x fsdp = {dp}")
-  if rows % c.grpo.micro_batch:
-    _fail("grpo.micro_batch", c.grpo.micro_batch, f"does not divide the {rows} rows of a step "
+  # The learner's layout (rods_jax.rl.learner.plan_layout): U updates of N/U rows, each in micro-batches of
+  # min(micro_batch, N/U) rows, every micro-batch split over the data-parallel devices.
+  if rows % c.grpo.updates_per_batch:
+    _fail("grpo.updates_per_batch", c.grpo.updates_per_batch, f"does not divide the {rows} rows of a step "
           "(rollout.tasks_per_step x rollout.k)")
-  if c.grpo.micro_batch % dp:
-    _fail("grpo.micro_batch", c.grpo.micro_batch, f"is not divisible by data x fsdp = {dp}")
+  per_update = rows // c.grpo.updates_per_batch
+  micro = min(c.grpo.micro_batch, per_update)
+  if per_update % micro:
+    _fail("grpo.micro_batch", c.grpo.micro_batch, f"does not divide the {per_update} rows per update")
+  if micro % dp:
+    _fail("grpo.micro_batch", c.grpo.micro_batch, f"gives micro-batches of {micro} rows, not divisible by "
+          f"data x fsdp = {dp}")
   if c.sft.steps > 0 and c.sft.batch_size % dp:
     _fail("sft.batch_size", c.sft.batch_size, f"is not divisible by data x fsdp = {dp}")
   if c.rods.alpha_low >= c.rods.alpha_high:

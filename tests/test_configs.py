@@ -2,6 +2,7 @@
 import glob
 import importlib
 import os
+import sys
 
 import pytest
 
@@ -106,8 +107,10 @@ BAD = [
     (_set("mesh.fsdp", 0), 8, r"config\.mesh\.fsdp=0 must be"),
     (_set_many(rollout__tasks_per_step=3, rollout__k=5, grpo__micro_batch=15), 2,
      r"config\.rollout\.tasks_per_step=3 x config\.rollout\.k=5 = 15 rows is not divisible by data x fsdp = 2"),
-    (_set("grpo.micro_batch", 48), 1, r"config\.grpo\.micro_batch=48 does not divide the 64 rows"),
-    (_set_many(grpo__micro_batch=4, mesh__fsdp=8), 8, r"config\.grpo\.micro_batch=4 is not divisible by data x fsdp"),
+    (_set("grpo.micro_batch", 48), 1, r"config\.grpo\.micro_batch=48 does not divide the 64 rows per update"),
+    (_set_many(grpo__micro_batch=4, mesh__fsdp=8), 8,
+     r"config\.grpo\.micro_batch=4 gives micro-batches of 4 rows, not divisible by data x fsdp = 8"),
+    (_set("grpo.updates_per_batch", 3), 1, r"config\.grpo\.updates_per_batch=3 does not divide the 64 rows"),
     (_set("rods.alpha_low", 0.9), 1, r"config\.rods\.alpha_low=0\.9 must be < config\.rods\.alpha_high=0\.85"),
     (_set("rods.alpha_high", 0.2), 1, r"config\.rods\.alpha_low=0\.2 must be < config\.rods\.alpha_high=0\.2"),
     (_set("rollout.k", 1), 1, r"config\.rollout\.k=1 must be >= 2"),
@@ -173,3 +176,146 @@ def test_resolve_mesh():
   c.mesh.fsdp = 1
   with pytest.raises(ValueError, match=r"!= 8 devices"):
     config_validation.resolve_mesh(c.mesh, 8)
+
+
+# ---------------------------------------------------------------------------------------------- launch entry points
+def _parse(module, argv):
+  """Parses ``argv`` with the entry point's own flags into a fresh FlagValues (as `python -m` would).
+
+  Config-file entry points also get ``argv`` at definition: config_flags reads --config.* overrides from it."""
+  from absl import flags
+  fv = flags.FlagValues()
+  argv = ["prog", *argv]
+  if module.__name__ == "launch.sweep":
+    module.define_flags(fv)
+  else:
+    module.define_flags(fv, argv)
+  fv(argv)
+  return fv
+
+
+def test_train_flags_override_validate_and_report_resume(tmp_path, capsys):
+  import jax
+  import ml_collections
+
+  from launch import train
+  from rods_jax import checkpoint
+  cfg_path = os.path.join(_REPO, "configs", "rods.py")
+  fv = _parse(train, [f"--config={cfg_path}", "--config.rods.p_max=200", "--config.rollout.k=4",
+                      f"--workdir={tmp_path}", "--validate_only"])
+  assert fv.config.rods.p_max == 200 and fv.config.rollout.k == 4 and fv.config.arm == "rods"
+  assert train.run(fv) is None
+  assert "p_max: 200" in capsys.readouterr().out
+  assert fv.distributed == "env" and fv.num_processes == 0  # distributed flags come with every entry point
+  assert train.prepare(fv.config, str(tmp_path)) is None
+  # A checkpoint in the workdir: the run will resume from it.
+  ckpt_cfg = ml_collections.ConfigDict({"every_steps": 1, "keep": 1, "async_save": False})
+  with checkpoint.CheckpointManager(tmp_path / train.CHECKPOINT_SUBDIR, ckpt_cfg) as manager:
+    manager.save(checkpoint.TrainState(12, {"w": jax.numpy.ones(3)}, {}, None, jax.random.key(0)))
+  assert train.prepare(fv.config, str(tmp_path)) == 12
+  # Scale argument after ':' and a contradictory override that validation names.
+  fv = _parse(train, [f"--config={cfg_path}:paper", f"--workdir={tmp_path}", "--validate_only"])
+  assert fv.config.model.preset == "qwen3_4b"
+  fv = _parse(train, [f"--config={cfg_path}", "--config.rods.synthesis=False", f"--workdir={tmp_path}",
+                      "--validate_only"])
+  with pytest.raises(ValueError, match=r"config\.rods\.synthesis=False contradicts config\.arm='rods'"):
+    train.run(fv)
+
+
+def test_train_flags_reject_unknown_field(tmp_path):
+  from absl import flags
+
+  from launch import train
+  with pytest.raises((flags.Error, AttributeError, KeyError), match="pmax"):
+    _parse(train, [f"--config={os.path.join(_REPO, 'configs', 'rods.py')}", "--config.rods.pmax=3",
+                   f"--workdir={tmp_path}"])
+
+
+def test_distributed_resolve():
+  from launch import distributed as d
+  assert d.resolve("env", "", 0, -1, {}) == d.DistributedSpec("single")
+  assert d.resolve("off", "h:1", 2, 0, {}) == d.DistributedSpec("single")
+  assert d.resolve("auto", "", 0, -1, {}) == d.DistributedSpec("auto")
+  assert d.resolve("env", "10.0.0.1:1234", 4, 3, {}) == d.DistributedSpec("explicit", "10.0.0.1:1234", 4, 3)
+  env = {d.ENV_COORDINATOR: "h:9", d.ENV_NUM_PROCESSES: "2", d.ENV_PROCESS_ID: "1"}
+  assert d.resolve("env", "", 0, -1, env) == d.DistributedSpec("explicit", "h:9", 2, 1)
+  assert d.resolve("env", "", 0, 0, env).process_id == 0  # a flag wins over the environment
+  with pytest.raises(ValueError, match="needs --coordinator_address"):
+    d.resolve("env", "", 2, 0, {})
+  with pytest.raises(ValueError, match="must be host:port"):
+    d.resolve("env", "localhost", 2, 0, {})
+  with pytest.raises(ValueError, match=r"--process_id=2 .* must lie in \[0, 2\)"):
+    d.resolve("env", "h:1", 2, 2, {})
+  with pytest.raises(ValueError, match="must be integers"):
+    d.resolve("env", "", 0, -1, {d.ENV_COORDINATOR: "h:1", d.ENV_NUM_PROCESSES: "two"})
+
+
+def test_sweep_expands_validates_and_prints(tmp_path, capsys, monkeypatch):
+  from launch import sweep
+  monkeypatch.chdir(_REPO)
+  runs = sweep.expand({"rods.p_max": [0, 50], "rollout.k": [4, 8]})
+  assert [r.name for r in runs] == ["p_max=0,k=4", "p_max=0,k=8", "p_max=50,k=4", "p_max=50,k=8"]
+  assert runs[3].overrides == {"rods.p_max": 50, "rollout.k": 8}
+  fv = _parse(sweep, ["--sweep=configs/sweep_pmax.py", f"--workdir={tmp_path}", "--print_only",
+                      "--extra_args=--distributed=auto", "--num_devices=8"])
+  commands = sweep.run(fv)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(commands) == len(lines) == 4
+  assert lines[2] == (f"python -m launch.train --config=configs/rods.py --config.rods.p_max=200 "
+                      f"--workdir={tmp_path}/p_max=200 --distributed=auto")
+  bad = tmp_path / "bad_sweep.py"
+  bad.write_text('def get_sweep():\n  return {"config": "configs/rods.py", "grid": {"rods.alpha_low": [0.1, 0.9]}}\n')
+  with pytest.raises(ValueError, match=r"sweep run alpha_low=0\.9: config\.rods\.alpha_low=0\.9 must be <"):
+    sweep.plan(str(bad), str(tmp_path), [], None)
+  bad.write_text('def get_sweep():\n  return {"config": "configs/rods.py", "grid": {"rods.pmax": [1]}}\n')
+  with pytest.raises(ValueError, match=r"config\.rods\.pmax is not a known field"):
+    sweep.plan(str(bad), str(tmp_path), [], None)
+  bad.write_text('def get_sweep():\n  return {"config": "configs/rods.py", "grid": {"rods.p_max": 5}}\n')
+  with pytest.raises(ValueError, match=r"grid\['rods.p_max'\] must be a non-empty list"):
+    sweep.plan(str(bad), str(tmp_path), [], None)
+
+
+def test_sweep_runs_locally_one_after_another(tmp_path, monkeypatch):
+  """The local path for real: one grid point, launched as `python -m launch.train ... --validate_only`."""
+  from launch import sweep
+  monkeypatch.chdir(_REPO)
+  path = tmp_path / "one.py"
+  path.write_text('def get_sweep():\n  return {"config": "configs/static.py", "grid": {"rods.p_max": [7]}}\n')
+  fv = _parse(sweep, [f"--sweep={path}", f"--workdir={tmp_path}", "--extra_args=--validate_only",
+                      "--extra_args=--distributed=off"])
+  (cmd,) = sweep.run(fv)
+  assert cmd[0] == sys.executable and cmd[-2:] == ["--validate_only", "--distributed=off"]
+
+
+def test_tpu_vm_script_is_valid_bash():
+  import subprocess
+  script = os.path.join(_REPO, "launch", "tpu_vm.sh")
+  assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
+  assert os.access(script, os.X_OK)
+  out = subprocess.run(["bash", script], capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+  assert out.returncode != 0 and "TPU_NAME" in out.stderr  # refuses to run without its settings
+  out = subprocess.run(["bash", script, "bogus"], capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "TPU_NAME": "t", "ZONE": "z", "PROJECT": "p"})
+  assert out.returncode == 2 and "usage:" in out.stderr
+
+
+def test_synthesize_serves_a_directory_exchange(tmp_path):
+  from launch import synthesize
+  from rods_jax import envs
+  from rods_jax.rods.queues import DirExchange, Request
+  config = _load("rods")
+  with pytest.raises(ValueError, match=r"config\.synthesis\.exchange_dir='' must name"):
+    synthesize.serve(config, 0, 1, 1.0)
+  config.synthesis.exchange_dir = str(tmp_path / "exchange")
+  seeds = envs.make_env(config.env.name, config.env).load_tasks(config.env.seed_split)
+  trainer_side = DirExchange(config.synthesis.exchange_dir, 8, 8)
+  for i, seed in enumerate(seeds[:2]):
+    trainer_side.put_request(Request(i, seed.to_record(), "synthesize"))
+  assert synthesize.serve(config, worker_id=0, max_requests=2, idle_timeout_s=30.0) == 2
+  outcomes = trainer_side.drain_results()
+  assert sorted(o.seed_id for o in outcomes) == sorted(s.id for s in seeds[:2])
+  assert any(o.record is not None for o in outcomes)  # template synthesis on toolworld succeeds on most seeds
+  static = _load("static")
+  static.synthesis.exchange_dir = str(tmp_path / "exchange")
+  with pytest.raises(ValueError, match=r"config\.rods\.synthesis=False"):
+    synthesize.serve(static, 0, 1, 1.0)
