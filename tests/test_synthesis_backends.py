@@ -1,5 +1,6 @@
 """Language backends: scripted LLM (well-formed → accepted; malformed → classified), OpenAI-compatible HTTP client
 against launch/openai_server.py (scripted and with a tiny random model through this project's sampler)."""
+import json
 import re
 
 import hypothesis
@@ -38,7 +39,10 @@ def scripted(messages):
   if "Quality Judge" in user:
     return "<reason>queries match the calls</reason><decision>accept</decision>"
   n = int(re.search(r"Output exactly (\d+) blocks", user).group(1))
-  return "".join(f"<query>Please take care of request number {i + 1} for me.</query>" for i in range(n))
+  values = [[json.loads(v) for v in re.findall(r'\w+=("(?:[^"\\]|\\.)*"|-?[\d.]+(?:e-?\d+)?)', line)]
+            for line in re.findall(r"values the user must state: (.*)", user)]
+  return "".join(f"<query>Please take care of request number {i + 1} for me"
+                 + "".join(f", {v}" for v in values[i] if not isinstance(v, bool)) + ".</query>" for i in range(n))
 
 
 def test_scripted_llm_backend_accepts(bfcl):
@@ -95,9 +99,20 @@ def test_judge_paths(bfcl):
       return "<decision>reject</decision>" if len(calls) == 1 else "<decision>ACCEPT </decision>"
     return scripted(messages)
 
+  judged = []
+
+  def vague(messages):  # never states the values the ground truth needs: the deterministic verification catches it
+    user = messages[-1]["content"]
+    if "Quality Judge" in user:
+      judged.append(1)
+    if "Coherence Rewrite" in user or "Refine-Rewrite" in user:
+      n = int(re.search(r"Output exactly (\d+) blocks", user).group(1))
+      return "".join("<query>Please sort this out for me.</query>" for _ in range(n))
+    return scripted(messages)
+
   out = {}
   for name, fn in [("names", names_function), ("fixable", rejects(True)), ("unfixable", rejects(False)),
-                   ("refined", reject_then_accept)]:
+                   ("refined", reject_then_accept), ("vague", vague)]:
     synth = Synthesizer(env, ChatBackend(fn), cfg)
     out[name] = synth.synthesize(seeds[0], np.random.default_rng(1))
   assert out["names"].failure == failures.QUERY_VERIFY_FAILED
@@ -106,6 +121,8 @@ def test_judge_paths(bfcl):
   assert out["unfixable"].failure == failures.JUDGE_REJECTED
   assert not any(e.stage == "refine" for e in out["unfixable"].stage_log)
   assert out["refined"].failure is None and len(calls) == 2
+  assert out["vague"].failure == failures.JUDGE_REJECTED and not judged
+  assert sum(e.stage == "refine" for e in out["vague"].stage_log) == 1
 
 
 @hypothesis.given(st.text(max_size=300))

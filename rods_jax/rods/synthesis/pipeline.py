@@ -19,6 +19,7 @@ import numpy as np
 from rods_jax.envs.task import Lineage, Task
 from rods_jax.rods.synthesis import augment, critique, execute, failures, flow, plan, querycheck, structure
 from rods_jax.rods.synthesis.backends.base import LanguageBackend, LanguageRequest, PlanRequest, TurnSpec
+from rods_jax.rods.synthesis.backends.template import TemplateBackend
 from rods_jax.rods.synthesis.failures import StageEvent, SynthesisFailure, SynthesisStats
 
 
@@ -203,7 +204,11 @@ class Synthesizer:
   def _judge(self, request: LanguageRequest, queries: tuple[str, ...], task: Task, log) -> tuple[str, ...]:
     refinements = 0
     while True:
-      verdict = self.backend.judge(request, queries)
+      # Query verification against the ground truth (every stated value present, no stale seed value) is
+      # deterministic and applies to every backend; the backend's judge (rules or an LLM) runs on what passes it.
+      verdict = querycheck.rule_verdict(request, queries)
+      if verdict.accept and not isinstance(self.backend, TemplateBackend):
+        verdict = self.backend.judge(request, queries)
       log.append(StageEvent("judge", verdict.accept, verdict.reason[:200]))
       if verdict.accept:
         return queries
