@@ -111,6 +111,8 @@ def test_format_call_roundtrip():
     ('{"name": "get", "arguments": {"key": "__import__(\'os\').system(\'touch x\')"}}', "dunder"),
     ('{"name": "get", "arguments": {"key": "{0.__class__.__mro__}"}}', "key contains"),
     ('{"name": "get", "arguments": {"key": "{k[0]}"}}', "format field"),
+    ('{"name": "get", "arguments": {"key": "a {{ cfg.x }} b"}}', "format field"),
+    ('{"name": "get", "arguments": {"key": "{}"}}', "format field"),
     ('{"name": "get", "arguments": {"key": "a\\u0000b"}}', "control characters"),
     ('["put"]', "must be a JSON object"),
     ('{"name": "get", "arguments": {"key": "x"}, "id": 3}', "unexpected key"),
@@ -294,6 +296,7 @@ INERT = [
     "eval(compile('open(\"{canary}\",\"w\")','x','exec'))",
     "exec(\"import os; os.system('touch {canary}')\")",
     "'; DROP TABLE users; --",
+    "{experiment: run 1.5} notes",
 ]
 _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=False,
                           allow_infinity=False), st.text(max_size=300))

@@ -25,7 +25,9 @@ from typing import Any, NamedTuple
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _BLOCK_RE = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.DOTALL)
 _DUNDER_RE = re.compile(r"__\w+__|__(import|class|globals|builtins|subclasses|dict|getattr|code)\b")
-_FORMAT_FIELD_RE = re.compile(r"\{[^{}]*[.\[!][^{}]*\}|\{[^{}\s]*\}")
+# A str.format / template field: braces around a space-free name ({0.__class__}, {x[0]}, {}, {cfg}) or Jinja {{...}}.
+# Braces around text with spaces ("{experiment: 1}", BFCL scenario 30) are plain text.
+_FORMAT_FIELD_RE = re.compile(r"\{[^{}\s]*\}|\{\{[^{}]*\}\}")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 # BFCL/Gorilla type names that appear in function docs, mapped to JSON-schema types.
