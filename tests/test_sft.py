@@ -1,0 +1,197 @@
+"""Supervised warm-up: gold rendering == the chat template with assistant-only masks, the NLL vs numpy, learning,
+checkpoint selection by the evaluation callback, per-sample world re-randomisation, and the lab warm_up entry point."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import base
+from rods_jax.envs import make_env
+from rods_jax.models import Transformer, forward_fn, get_preset, hf_loader
+from rods_jax.models import lab_tokenizer as lt
+from rods_jax.rl import sft
+from rods_jax.rollout.engine import stop_token_ids
+from rods_jax.rollout.render import ChatRenderer
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+  c = base.get_config()
+  c.env.cache_dir = str(tmp_path_factory.mktemp("twcache"))
+  return c
+
+
+@pytest.fixture(scope="module")
+def env(config):
+  return make_env("toolworld", config.env)
+
+
+@pytest.fixture(scope="module")
+def seeds(env):
+  return env.load_tasks("seeds")
+
+
+@pytest.fixture(scope="module")
+def tok(env, seeds, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("labtok"))
+  corpus = lt.lab_corpus(env, ("seeds",))[:120]  # a small corpus keeps the build fast; byte-level covers the rest
+  return lt.build_lab_tokenizer(out, corpus, vocab_size=384)
+
+
+@pytest.fixture(scope="module")
+def renderer(tok):
+  return ChatRenderer(tok)
+
+
+@pytest.fixture(scope="module")
+def stop_id(tok, config):
+  return stop_token_ids(tok, tuple(config.rollout.stop_strings))[0]
+
+
+def tiny_model(vocab: int, seed: int = 0) -> Transformer:
+  cfg = get_preset("lab_tiny", vocab_size=vocab, hidden=32, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=8,
+                   mlp_dim=64)
+  return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def full_conversation(env, task):
+  """The gold conversation as chat messages, tool / user messages included, read off an independent episode."""
+  ep = env.new_episode(task)
+  tools = ep.system_tools()
+  msgs = [{"role": "user", "content": ep.user_message()}]
+  for content in sft.gold_assistant_messages(env, task):
+    res = ep.step(content)
+    msgs.append({"role": "assistant", "content": content})
+    msgs += [{"role": "tool", "content": o} for o in res.observations]
+    if res.turn_closed and not ep.done:
+      msgs.append({"role": "user", "content": ep.user_message()})
+  assert ep.done and ep.result().success  # the gold calls solve the task
+  return msgs, tools
+
+
+def test_gold_rendering_is_the_template_with_assistant_only_mask(env, seeds, tok, renderer, stop_id):
+  picks = [t for t in seeds if t.num_turns >= 3][:3] + [t for t in seeds if t.category != "base"][:3]
+  assert len(picks) == 6
+  for task in picks:
+    ex = sft.render_gold(env, task, renderer, stop_id, max_steps_per_turn=5)
+    msgs, tools = full_conversation(env, task)
+    text = renderer.render(msgs, tools, generation_prompt=False)
+    assert tok.decode(ex.tokens.tolist(), skip_special_tokens=False) == text
+    assert ex.tokens.tolist() == tok.encode(text, add_special_tokens=False)  # lab tokenizer: re-encoding is exact
+    # the mask covers exactly each gold assistant message followed by its <|im_end|>, in order
+    ids, mask = ex.tokens, ex.loss_mask
+    spans, start = [], None
+    for i, m in enumerate(mask.tolist() + [False]):
+      if m and start is None:
+        start = i
+      if not m and start is not None:
+        spans.append(tok.decode(ids[start:i].tolist(), skip_special_tokens=False))
+        start = None
+    want = [m["content"] + "<|im_end|>" for m in msgs if m["role"] == "assistant"]
+    assert spans == want
+    assert not mask[0] and ids[np.flatnonzero(mask)[-1]] == stop_id
+
+
+def test_pad_batch_pads_cuts_and_flags():
+  a = sft.SFTExample(np.arange(1, 6, dtype=np.int32), np.array([0, 1, 1, 0, 1], bool))
+  b = sft.SFTExample(np.arange(1, 10, dtype=np.int32), np.ones(9, bool))
+  batch = sft.pad_batch([a, b], 7)
+  assert batch.tokens.tolist() == [[1, 2, 3, 4, 5, 0, 0], [1, 2, 3, 4, 5, 6, 7]]
+  assert batch.loss_mask[0].tolist() == [False, True, True, False, True, False, False]
+  assert batch.valid.sum(1).tolist() == [5, 7] and batch.truncated.tolist() == [False, True]
+
+
+def test_sft_loss_matches_float64_numpy(env, seeds, renderer, stop_id, tok):
+  model = tiny_model(len(tok))
+  graphdef, params = nnx.split(model)
+  batch = sft.pad_batch([sft.render_gold(env, t, renderer, stop_id, 5) for t in seeds[:4]], 160)
+  loss, metrics = jax.jit(lambda p: sft.sft_loss(p, graphdef, jnp.asarray(batch.tokens), jnp.asarray(batch.loss_mask),
+                                                 jnp.asarray(batch.valid)))(params)
+  positions = np.broadcast_to(np.arange(160), batch.tokens.shape)
+  logits = np.asarray(jax.jit(lambda p: forward_fn(graphdef, p, jnp.asarray(batch.tokens), jnp.asarray(positions),
+                                                   jnp.asarray(batch.valid)))(params), np.float64)
+  lp = logits - logits.max(-1, keepdims=True)
+  lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+  nll, count = 0.0, 0
+  for n in range(4):
+    for t in range(1, 160):
+      if batch.loss_mask[n, t] and batch.valid[n, t]:
+        nll -= lp[n, t - 1, batch.tokens[n, t]]
+        count += 1
+  assert float(metrics["tokens"]) == count > 50
+  assert float(loss) == pytest.approx(nll / count, rel=1e-5)
+
+
+def test_sft_learns_and_keeps_the_checkpoint_the_callback_prefers(env, seeds, renderer, stop_id, tok, config):
+  c = config.copy_and_resolve_references()
+  c.sft.lr, c.sft.warmup_steps, c.sft.batch_size, c.sft.seq_len = 1e-2, 0, 8, 160
+  trainer = sft.SFTTrainer(tiny_model(len(tok)), c.sft, c.optim)
+  batch = sft.pad_batch([sft.render_gold(env, t, renderer, stop_id, 5) for t in seeds[:8]], 160)
+  snapshots = {}
+
+  def eval_fn(step, tr):
+    snapshots[step] = jax.device_get(tr.params)
+    return -abs(step - 20), {"probe": step}
+
+  result = sft.run_sft(trainer, lambda step: batch, 30, eval_every=10, eval_fn=eval_fn)
+  losses = [h["loss"] for h in result.history]
+  assert losses[-1] < 0.5 * losses[0], losses
+  assert result.best_step == 20 and result.best_score == 0.0
+  assert sorted(snapshots) == [10, 20, 30]
+  for x, y in zip(jax.tree.leaves(result.best_params), jax.tree.leaves(snapshots[20])):
+    np.testing.assert_array_equal(x, y)
+  assert [h["eval"]["probe"] for h in result.history if "eval" in h] == [10, 20, 30]
+  assert int(trainer.state.step) == 30
+
+
+def test_task_sampler_rerandomizes_each_sample_deterministically(env, seeds, renderer, stop_id, tok, config):
+  c = config.copy_and_resolve_references()
+  c.sft.batch_size, c.sft.seq_len = 4, 600
+  one = seeds[:1]
+  fn = sft.task_sampler(env, one, renderer, stop_id, c, seed=0)
+  b1, b2 = fn(1), fn(2)
+  texts = {tok.decode(row[v].tolist(), skip_special_tokens=False) for b in (b1, b2) for row, v in zip(b.tokens,
+                                                                                                        b.valid)}
+  assert len(texts) > 1  # same seed task, different worlds
+  np.testing.assert_array_equal(fn(1).tokens, b1.tokens)  # deterministic per (seed, step)
+  c.sft.rerandomize = False
+  fixed = sft.task_sampler(env, one, renderer, stop_id, c, seed=0)(1)
+  assert len({row.tobytes() for row in fixed.tokens}) == 1
+  c.sft.rerandomize = True
+  c.env.name = "bfcl"
+  with pytest.raises(ValueError, match="config.sft.rerandomize"):
+    sft.task_sampler(env, one, renderer, stop_id, c, seed=0)
+
+
+def test_zone_score_prefers_boundary_with_both_extremes_present():
+  assert sft.zone_score({"hard": 0.1, "boundary": 0.5, "mastered": 0.4}) == 0.5
+  assert sft.zone_score({"hard": 0.0, "boundary": 0.9, "mastered": 0.1}) < sft.zone_score(
+      {"hard": 0.3, "boundary": 0.2, "mastered": 0.5})
+  fr = sft.zone_fractions(np.array([[0, 0], [1, 1], [0, 1], [0.5, 0.5]]), base.get_config().rods, 1e-6)
+  assert fr["hard"] == 0.25 and fr["mastered"] == 0.25 and fr["boundary"] == 0.5 and fr["frac_zero_std"] == 0.75
+
+
+def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, tmp_path):
+  c = config.copy_and_resolve_references()
+  c.sft.steps, c.sft.eval_every, c.sft.eval_tasks, c.sft.batch_size, c.sft.seq_len = 2, 1, 2, 4, 200
+  c.rollout.k, c.rollout.tasks_per_step, c.rollout.max_tokens_per_message = 2, 2, 8
+  c.rollout.max_trajectory_tokens, c.rollout.cache_capacity = 160, 192
+  model = tiny_model(len(tok))
+  model_cfg = model.cfg
+  out = str(tmp_path / "warmup")
+  result = sft.warm_up(model, model_cfg, env, tok, c, out, tasks=seeds[:8])
+  assert result.best_step in (1, 2) and result.best_score is not None
+  assert os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json"))
+  loaded, cfg = hf_loader.load_hf_checkpoint(out)
+  assert cfg.vocab_size == len(tok)
+  for x, y in zip(jax.tree.leaves(nnx.state(loaded, nnx.Param)), jax.tree.leaves(result.best_params)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=0)
+  hist = json.load(open(os.path.join(out, "sft_history.json")))
+  assert hist["best_step"] == result.best_step and len(hist["history"]) == 2
+  assert {"hard", "boundary", "mastered"} <= set(hist["history"][0]["eval"])
+  lines = open(os.path.join(out, "sft_metrics.jsonl")).read().splitlines()
+  assert len(lines) == 2 and json.loads(lines[0])["step"] == 1
