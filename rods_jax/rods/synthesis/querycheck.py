@@ -15,7 +15,8 @@ from rods_jax.rods.synthesis.backends.base import LanguageRequest, Verdict
 
 # Patterns the paper's Quality Judge rejects automatically (App. C.4), plus tag / code leakage.
 LEAK_PATTERNS = (r"thought process", r"construct query", r"step \d+\s*:", r"</?\s*(query|decision|reason|think)\b",
-                 r"```", r"tool_call")
+                 r"```", r"tool_call", r"<\|", r"\|>",  # chat-template special tokens (<|im_start|>) must never
+                 r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # reach the policy's context from generated text; nor controls
 _LEAK_RE = re.compile("|".join(LEAK_PATTERNS), re.IGNORECASE)
 
 
