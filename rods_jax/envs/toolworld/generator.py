@@ -25,10 +25,10 @@ from rods_jax.envs.task import CATEGORIES, Lineage, Task
 from rods_jax.envs.toolworld import apis
 from rods_jax.envs.toolworld.world import ToolWorld, make_initial_state
 
-GENERATOR_VERSION = 3  # bump when generated tasks change (invalidates split caches)
+GENERATOR_VERSION = 4  # bump when generated tasks change (invalidates split caches)
 BASE_TURN_WEIGHTS = {1: 0.08, 2: 0.17, 3: 0.35, 4: 0.30, 5: 0.10}  # base / long_context
 MISS_TURN_WEIGHTS = {1: 0.10, 2: 0.25, 3: 0.35, 4: 0.30}  # before the extra abstain turn of miss_func / miss_param
-DEPTH_WEIGHTS = {1: 0.10, 2: 0.30, 3: 0.35, 4: 0.25}
+DEPTH_WEIGHTS = {1: 0.08, 2: 0.22, 3: 0.35, 4: 0.35}  # depth-4 requests fail more often, so ask more
 CALL_WEIGHTS = {1: 0.45, 2: 0.40, 3: 0.15}
 ANSWER = "done."
 MISS_FUNC_ANSWER = "no tool for that."
@@ -116,6 +116,8 @@ def sample_profile(rng: random.Random, category: str | None = None, num_turns: i
     if not 1 <= d <= 4:
       raise ValueError(f"depth={d} must be in 1..4")
     if d > 3 * n_base:
+      if depth is not None and num_turns is not None:
+        raise ValueError(f"depth={depth} needs more than {n_base} call turn(s) of at most 3 calls")
       continue
     counts = [_weighted(rng, CALL_WEIGHTS) for _ in range(n_base)]
     while sum(counts) < d:
