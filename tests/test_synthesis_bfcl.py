@@ -45,6 +45,7 @@ def test_every_class_yields_executable_validated_variants(setup):
       continue
     for c in todo:
       tried[c] += 1
+    tried["calls"] += 1
     result = synth.synthesize(seed, rng, step=7)
     if result.task is not None:
       for c in seed.classes:
@@ -66,8 +67,9 @@ def test_every_class_yields_executable_validated_variants(setup):
     assert task.initial_state != seed.initial_state or task.gt_calls != seed.gt_calls
     assert task.id != seed.id
   stats = synth.stats.as_dict()
-  assert stats["attempts"] == sum(tried.values()) or stats["attempts"] >= len(accepted)
+  assert stats["attempts"] == tried["calls"] and stats["accepted"] >= len({id(v[1]) for v in accepted.values()})
   assert stats["accepted"] + sum(v for k, v in stats.items() if k.startswith("failed/")) == stats["attempts"]
+  assert stats["accepted"] <= stats["executed"] <= stats["attempts"]
 
 
 def test_rename_changes_entities_consistently(setup):

@@ -59,8 +59,8 @@ class StageEvent:
 class SynthesisStats:
   """Counter of synthesis outcomes: attempts, accepted and failures by kind (what the loop logs).
 
-  ``record`` takes anything with ``.task`` and ``.failure`` (a SynthesisResult). ``as_dict`` is flat and JSON-able:
-  ``{"attempts": n, "accepted": a, "failed/<kind>": c, ...}``.
+  ``record`` takes anything with ``.failure`` and ``.stage_log`` (a SynthesisResult). ``as_dict`` is flat and
+  JSON-able: ``{"attempts": n, "executed": e, "accepted": a, "failed/<kind>": c, ...}``.
   """
 
   def __init__(self):
@@ -68,6 +68,8 @@ class SynthesisStats:
 
   def record(self, result) -> None:
     self._counts["attempts"] += 1
+    if any(e.stage == "execute" and e.ok for e in getattr(result, "stage_log", ())):
+      self._counts["executed"] += 1  # the ground truth ran (the funnel: requested → executed → accepted)
     if result.failure is None:
       self._counts["accepted"] += 1
     else:
@@ -94,8 +96,12 @@ class SynthesisStats:
   def yield_rate(self) -> float:
     return self.accepted / self.attempts if self.attempts else 0.0
 
+  @property
+  def executed(self) -> int:
+    return self._counts["executed"]
+
   def as_dict(self) -> dict[str, int]:
-    d = {"attempts": self.attempts, "accepted": self.accepted}
+    d = {"attempts": self.attempts, "executed": self.executed, "accepted": self.accepted}
     d.update({f"failed/{k}": v for k, v in sorted(self.failures().items())})
     return d
 
