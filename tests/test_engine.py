@@ -317,3 +317,77 @@ def test_reprefill_baseline_matches_engine(tokenizer, tiny_model):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.sampler_logps, b.sampler_logps, atol=1e-4)
   assert b.stats["prefill_tokens"] > a.stats["prefill_tokens"]
+
+
+# ------------------------------------------------------------------------------------------------ toolworld + lab
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+  from configs import base
+  from rods_jax.envs import make_env
+  from rods_jax.models import lab_tokenizer as lt
+  config = base.get_config()
+  config.env.cache_dir = str(tmp_path_factory.mktemp("twcache"))
+  env = make_env("toolworld", config.env)
+  seeds = env.load_tasks("seeds")
+  tok = lt.build_lab_tokenizer(str(tmp_path_factory.mktemp("labtok")), lt.lab_corpus(env, ("seeds",))[:120],
+                               vocab_size=384)
+  return config, env, seeds, tok
+
+
+def test_lab_token_deltas_equal_encoding_of_the_rendering(lab):
+  """Gold conversations replayed through the renderer (assistant ids = the canonical encoding of each gold message +
+  <|im_end|>, as a perfect policy would sample them): prompt + sampled + delta ids == encode(render(conversation))."""
+  from rods_jax.envs.toolworld import gold_messages
+  _, env, seeds, tok = lab
+  r = ChatRenderer(tok)
+  im_end = tok.convert_tokens_to_ids("<|im_end|>")
+  for task in seeds[::8]:
+    msgs = gold_messages(task)
+    tools = env.tools_at(task, 0)
+    state, ids = r.start(msgs[:1], tools)
+    i = 1
+    while i < len(msgs):
+      assert msgs[i]["role"] == "assistant"
+      j = i + 1
+      while j < len(msgs) and msgs[j]["role"] != "assistant":
+        j += 1
+      sampled = r.encode(msgs[i]["content"]) + [im_end]
+      state, delta, content = r.extend(state, sampled, msgs[i + 1:j], generation_prompt=j < len(msgs))
+      assert content == msgs[i]["content"]
+      ids += sampled + delta
+      i = j
+    full = r.render(msgs, tools, generation_prompt=False)
+    assert state.text == full and r.decode(ids) == full
+    assert ids == r.encode(full), task.id
+
+
+def test_toolworld_rollout_untrained_model(lab):
+  config, env, seeds, tok = lab
+  tasks = [t for t in seeds if t.num_turns >= 3][:4]
+  cfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
+                   mlp_dim=64)
+  graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(2)))
+  rcfg = config.rollout
+  rcfg.kv_bucket = rcfg.cache_capacity  # one compilation (bucketing is covered in test_sampler)
+  rcfg.prefill_bucket = 128
+  renderer = ChatRenderer(tok)
+  engine = MultiTurnEngine(graphdef, tok, renderer, rcfg, cfg)
+  batch = engine.rollout(params, env, tasks, 2, jax.random.key(0))
+  assert batch.rewards.shape == (4, 2) and ((0 <= batch.rewards) & (batch.rewards <= 1)).all()
+  assert list(batch.task_ids) == [t.id for t in tasks]
+  assert batch.n_calls.sum() > 0 and batch.n_errors.sum() > 0  # random text with <tool_call> -> error observations
+  for n in range(batch.num_rows):
+    ids = batch.tokens[n, :batch.lengths[n]].tolist()
+    msgs = batch.messages[n]
+    tools = env.tools_at(tasks[n // 2], 0)
+    text = renderer.decode(ids)
+    full = renderer.render(msgs, tools, generation_prompt=False)
+    if text != full:  # ended without its closing delta: the context, then the last sampled message
+      start = int(np.nonzero(~batch.loss_mask[n, :batch.lengths[n]])[0][-1]) + 1  # the trailing sampled span
+      assert 0 < start < batch.lengths[n]
+      assert renderer.decode(ids[:start]) == renderer.render(msgs, tools, generation_prompt=True)
+    else:
+      assert not batch.truncated[n] and batch.turns_closed[n] == tasks[n // 2].num_turns
+    assert not batch.loss_mask[n, :64].any()  # the system prompt and first user turn are never in the loss

@@ -243,15 +243,17 @@ class MultiTurnEngine:
       if not ep.done:
         new_messages.append({"role": "user", "content": ep.user_message()})
     done = ep.done
-    r.chat, delta, _ = self.renderer.extend(r.chat, ids, new_messages, generation_prompt=not done)
+    chat, delta, _ = self.renderer.extend(r.chat, ids, new_messages, generation_prompt=not done)
     if done:
       r.finished = True
       if len(r.tokens) + len(delta) <= lim.max_trajectory_tokens:
+        r.chat = chat
         r.append(delta, False)  # closing tokens: part of the training sequence, never fed to the model
       return []
     if len(r.tokens) + len(delta) + 1 > lim.max_trajectory_tokens:
       r.finished = r.truncated = True  # no room for the observation and one more sampled token
       return []
+    r.chat = chat
     return delta
 
   def _prefill(self, params, cache, logits, seqs: Sequence[Sequence[int]], stats, base=None):

@@ -27,7 +27,10 @@ class RolloutBatch(NamedTuple):
     timings: wall seconds per phase: "prefill", "decode", "tools" (host: environment + rendering), "total".
     stats: counters: "prefill_calls", "prefill_rows" (rows that carried tokens), "decode_calls", "decode_steps",
       "sampled_tokens", "prefill_tokens".
-    messages: per row, the conversation as chat messages (assistant contents are the decoded sampled text).
+    messages: per row, the conversation as chat messages (assistant contents are the decoded sampled text). A row
+      that finished decodes to exactly ``render(messages)``; a row that ended otherwise (truncated, or a finished
+      row whose closing tokens did not fit) decodes to ``render(messages, generation prompt)`` followed by its last
+      sampled message, whose closing delta is not in the tokens.
   """
   tokens: np.ndarray
   loss_mask: np.ndarray
