@@ -135,3 +135,19 @@ def test_augment_miss_func_and_miss_param(env_and_seeds):
     if made["miss_func"] >= 5 and made["miss_param"] >= 3:
       break
   assert made["miss_func"] >= 5 and made["miss_param"] >= 3, made
+
+
+def test_tolerance_allows_same_class_function_swaps(env_and_seeds):
+  env, cfg, seeds = env_and_seeds
+  cfg = cfg.copy_and_resolve_references()
+  cfg.profile_tolerance = 0.1
+  synth = Synthesizer(env, make_backend(cfg), cfg)
+  swapped = 0
+  for i, seed in enumerate([s for s in seeds if s.category == "base"][:15]):
+    r = synth.synthesize(seed, np.random.default_rng(i))
+    assert r.task is not None, r.stage_log
+    a, b = profile(seed, env), profile(r.task, env)
+    assert profiles_match(a, b, 0.1) and a.classes == b.classes and a.edges == b.edges and a.depth == b.depth
+    assert env.score(r.task, r.task.gt_calls).success
+    swapped += a.turns != b.turns
+  assert swapped >= 5

@@ -20,6 +20,7 @@ import numpy as np
 
 from rods_jax.envs.task import Task
 from rods_jax.rods.synthesis import flow, rename
+from rods_jax.rods.synthesis.failures import SynthesisFailure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,18 +178,28 @@ class GeneratorPlanner:
   """Planner over an environment's procedural generator ``generate(profile, rng) -> Task`` (toolworld).
 
   Args:
-    generate: the environment's generator.
+    generate: the environment's generator (raises SynthesisFailure when a profile is infeasible).
     request: seed task -> the structural request the generator takes (Φ of the seed).
+    vary: optional (request, rng, blocklist) -> a request with other functions of the same classes testing the same
+      skills (within the profile tolerance), or None; tried first, the seed's exact request is the fallback.
   """
 
-  def __init__(self, generate: Callable[[Any, np.random.Generator], Task], request: Callable[[Task], Any]):
+  def __init__(self, generate: Callable[[Any, np.random.Generator], Task], request: Callable[[Task], Any],
+               vary: Callable[[Any, np.random.Generator, Blocklist], Any] | None = None):
     self._generate = generate
     self._request = request
+    self._vary = vary
 
   def plan(self, seed: Task, rng: np.random.Generator, blocklist: Blocklist) -> Draft:
-    del blocklist  # the generator draws a whole new world each attempt; nothing to prune
-    task = self._generate(self._request(seed), rng)
-    return Draft(task=task, flow_refs={}, edits=(), forbidden=())
+    request = self._request(seed)
+    if self._vary is not None:
+      varied = self._vary(request, rng, blocklist)
+      if varied is not None:
+        try:
+          return Draft(task=self._generate(varied, rng), flow_refs={}, edits=(), forbidden=())
+        except SynthesisFailure:
+          pass  # the varied structure is infeasible in this environment: fall back to the seed's own
+    return Draft(task=self._generate(request, rng), flow_refs={}, edits=(), forbidden=())
 
   def repair(self, draft: Draft, failed_call: int, blocklist: Blocklist) -> Blocklist | None:
     name = flat_calls(draft.task)[failed_call]["name"]

@@ -98,7 +98,36 @@ def make_planner(env, cfg, value_catalog: dict) -> plan.Planner:
     return plan.RenamePlanner(env, value_catalog)
   if env.name != "toolworld":
     raise ValueError(f"config.synthesis.planner='generator' needs an environment with a generator, not {env.name}")
-  return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed))
+  vary = _function_swap(env, float(cfg.profile_tolerance)) if float(cfg.profile_tolerance) > 0 else None
+  return plan.GeneratorPlanner(_toolworld_generate(env), lambda seed: profile(env, seed), vary)
+
+
+def _function_swap(env, tolerance: float):
+  """A request variation for profile_tolerance > 0: one call's function replaced by another function of the same
+  class (same turn, same flow edges, same category) while Φ-similarity stays >= 1 - tolerance."""
+  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
+  from rods_jax.envs import toolworld  # pylint: disable=g-import-not-at-top
+
+  def vary(prof, rng: np.random.Generator, blocklist: plan.Blocklist):
+    if prof.category not in ("base", "long_context"):
+      return None  # miss_* structures name the held-back function / parameter: keep them exact
+    calls = [(t, k) for t, fns in enumerate(prof.turns) for k in range(len(fns))]
+    for i in rng.permutation(len(calls)):
+      t, k = calls[int(i)]
+      name = prof.turns[t][k]
+      cls = env.function_class(name)
+      options = [f.name for f in toolworld.FUNCTIONS
+                 if f.cls == cls and f.name != name and f.name not in blocklist.functions]
+      if not options:
+        continue
+      alt = options[int(rng.integers(len(options)))]
+      turns = [list(fns) for fns in prof.turns]
+      turns[t][k] = alt
+      new = profile_lib.build_profile(prof.category, turns, prof.edges, env.function_class)
+      if profile_lib.profile_similarity(prof, new) >= 1.0 - tolerance:
+        return new
+    return None
+  return vary
 
 
 def catalog(env, cfg) -> dict:
