@@ -1,6 +1,7 @@
 """Skill-aligned synthesis on BFCL: seeds of every API class → executable, validated ground truth (template backend)."""
 import collections
 import datetime
+import json
 import re
 
 import numpy as np
@@ -207,3 +208,58 @@ def test_value_catalog_swaps_keep_backends_happy(setup):
   catalog = rename.value_catalog(seeds)
   assert len(catalog[("get_zipcode_based_on_city", "city")]) >= 3
   assert {"economy", "business"} <= set(catalog[("get_flight_cost", "travel_class")])
+
+
+class _KVWorld:
+  """A two-function test double: get(key) reads the store; put(key, value) refuses keys longer than 6 chars."""
+
+  def __init__(self, state):
+    self.kv = dict(state["KV"]["store"])
+
+  def execute(self, name, arguments):
+    from rods_jax.envs.protocol import ExecResult
+    if name == "get":
+      k = arguments.get("key")
+      return ExecResult(json.dumps({"value": self.kv[k]}), True) if k in self.kv else ExecResult("no such key", False)
+    if name == "put":
+      if len(arguments["key"]) > 6:
+        return ExecResult("key too long", False)
+      self.kv[arguments["key"]] = arguments["value"]
+      return ExecResult("ok", True)
+    return ExecResult("unknown", False)
+
+
+class _KVEnv:
+  name = "kv"
+
+  def new_world(self, task):
+    return _KVWorld(task.initial_state)
+
+
+def test_execute_repairs_by_reverting_the_edit_that_broke_a_call():
+  from rods_jax.envs.task import Task
+  from rods_jax.rods.synthesis import execute, plan
+  seed = Task(id="kv-0", env="kv", category="base", classes=("KV",),
+              initial_state={"KV": {"store": {"alpha": "v-41", "gamma": "v-7"}}},
+              turns=("read 'alpha' and copy its value to 'beta_1'",),
+              gt_calls=(({"name": "get", "arguments": {"key": "alpha"}},
+                         {"name": "put", "arguments": {"key": "beta_1", "value": "v-41"}}),))
+  planner = plan.RenamePlanner(_KVEnv())
+  an = planner.analysis(seed)
+  assert [s.kind for s in an.sources] == [flow.USER, flow.USER, flow.FLOW]
+  for i in range(20):
+    log = []
+    draft, trace = execute.plan_and_execute(_KVEnv(), planner, seed, np.random.default_rng(i), 3, an.oks, log,
+                                            lambda tr: None)
+    calls = [c for t in trace.task.gt_calls for c in t]
+    store = trace.task.initial_state["KV"]["store"]
+    # the renamed key exists in the new state, the value flowed from the new output, and put's key fits
+    assert calls[0]["arguments"]["key"] in store and calls[1]["arguments"]["value"] == store[calls[0]["arguments"]["key"]]
+    assert len(calls[1]["arguments"]["key"]) <= 6
+    if any(e.stage == "patch" for e in log):
+      assert calls[1]["arguments"]["key"] == "beta_1"  # the edit that broke put was reverted
+      assert calls[0]["arguments"]["key"] != "alpha"  # the other edit survived the repair
+      assert "beta_1" not in " ".join(draft.forbidden)
+      break
+  else:
+    raise AssertionError("no draw needed a repair; the test double no longer exercises it")
