@@ -231,3 +231,29 @@ def test_reward_rises_on_a_trivially_learnable_task():
   # two optimizer steps per batch: the second update is off-policy, so the importance ratio moves off 1
   assert learner.num_updates == 24
   assert min(ratios) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# train benchmark (rods_jax.rl.bench)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_flop_count_matches_a_hand_count_and_benchmark_reports_consistent_figures():
+  from rods_jax.rl import bench
+  d, h, kv, dh, f, layers = MODEL.hidden, MODEL.n_heads, MODEL.n_kv_heads, MODEL.head_dim, MODEL.mlp_dim, MODEL.n_layers
+  per_layer = d * h * dh + 2 * d * kv * dh + h * dh * d + 3 * d * f  # q, k, v, o, gate/up/down
+  want_p = layers * per_layer + VOCAB * d  # tied embedding: counted once, as the LM head
+  _, params = nnx.split(make_model(0))
+  assert bench.matmul_params(MODEL, params) == want_p
+  untied = get_preset("lab_tiny", vocab_size=VOCAB, hidden=32, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=8,
+                      mlp_dim=64, tie_embeddings=False)
+  _, p_untied = nnx.split(Transformer(untied, rngs=nnx.Rngs(0)))
+  assert bench.matmul_params(untied, p_untied) == want_p  # input table is a gather; the separate head counts
+  n, t = 8, 16
+  attn = 4 * layers * h * dh * t * t * n
+  assert bench.step_flops(MODEL, want_p, n, t, True) == 4 * (2 * want_p * n * t + attn)
+  assert bench.step_flops(MODEL, want_p, n, t, False) == 3 * (2 * want_p * n * t + attn)
+
+  out = bench.train_benchmark(MODEL, batch=n, seq=t, repeats=2, warmup=1, matmul_size=128)
+  assert out["tokens_per_s"] == pytest.approx(n * t / (out["step_ms"] / 1e3), rel=1e-9)
+  assert out["mfu"] == pytest.approx(out["achieved_gflops"] / out["peak_gflops"], rel=1e-9)
+  assert out["flops_per_step"] == bench.step_flops(MODEL, want_p, n, t, True)
+  assert out["peak_gflops"] > 0 and 0 < out["mfu"] and out["step_ms"] > 0
