@@ -254,6 +254,9 @@ def test_rerandomize_keeps_structure_changes_world(env, seeds):
     changed += new.initial_state != task.initial_state
     assert env.score(new, gold_calls(new)).success
   assert changed == len(seeds[::8])
+  # without meta["profile"] the profile is measured from the executed ground truth
+  bare = seeds[1].replace(meta={k: v for k, v in seeds[1].meta.items() if k != "profile"})
+  assert generator.rerandomize(bare, rng).meta["profile"] == seeds[1].meta["profile"]
 
 
 def test_splits_deterministic_disjoint_and_balanced(env, seeds, test_split):

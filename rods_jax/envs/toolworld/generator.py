@@ -352,7 +352,11 @@ def _execute(task: Task) -> list[list[str]] | None:
 
 def rerandomize(task: Task, rng: random.Random) -> Task:
   """Same text structure, functions and flow (the task's profile), new world entities and values; same id/lineage."""
-  prof = profile_lib.Profile.from_dict(task.meta["profile"]) if "profile" in task.meta else None
-  if prof is None:
-    raise ValueError(f"task {task.id} has no meta['profile']; compute it with rods_jax.envs.profile.profile")
+  if "profile" in task.meta:
+    prof = profile_lib.Profile.from_dict(task.meta["profile"])
+  else:  # e.g. a task made outside the generator: measure its profile from the executed ground truth
+    results = _execute(task)
+    if results is None:
+      raise ValueError(f"task {task.id}: its ground truth does not execute, cannot rerandomize it")
+    prof = profile_lib.profile_from_results(task, results, class_of)
   return generate(prof, rng, task_id=task.id, lineage=task.lineage)
