@@ -54,8 +54,14 @@ def _weighted(rng: random.Random, weights: dict[int, float]) -> int:
   return rng.choices(list(weights), weights=list(weights.values()))[0]
 
 
+# (src, dst) function pairs where some output field of src can feed a flow parameter of dst (an immutable table).
+FLOW_PAIRS = frozenset((a.name, b.name) for a in apis.FUNCTIONS for b in apis.FUNCTIONS
+                       if (a.name, b.name) not in NO_FLOW
+                       and any(p.flow and p.kind in a.source_kinds() for p in b.params))
+
+
 def _can_flow(src: apis.Fn, dst: apis.Fn) -> bool:
-  return (src.name, dst.name) not in NO_FLOW and any(p.flow and p.kind in src.source_kinds() for p in dst.params)
+  return (src.name, dst.name) in FLOW_PAIRS
 
 
 # ----------------------------------------------------------------------------------------------------------------------
