@@ -181,9 +181,14 @@ def test_make_backend_validates_config():
   cfg.backend = "openai"
   with pytest.raises(ValueError, match="endpoint"):
     make_backend(cfg)
+  cfg.backend = "sampler"
+  with pytest.raises(ValueError, match="checkpoint_dir"):
+    make_backend(cfg)
   cfg.backend = "nope"
   with pytest.raises(ValueError, match="synthesis.backend"):
     make_backend(cfg)
+  with pytest.raises(ValueError, match="endpoint"):
+    OpenAIClientConfig(endpoint="ftp://x", model="m")
 
 
 def _tiny_tokenizer():
