@@ -91,6 +91,31 @@ def test_generated_profile_equals_requested_on_a_grid(env):
   assert len(made) == cells, sorted(made)
 
 
+def test_sample_profile_pins_calls_and_classes(env):
+  rng = random.Random(11)
+  made = 0
+  for _ in range(40):
+    counts = [rng.randint(1, 3) for _ in range(rng.randint(1, 4))]
+    classes = rng.sample(["files", "bank", "travel", "chat", "shop"], rng.randint(1, 2))
+    cat = rng.choice(CATEGORIES)
+    depth = rng.randint(1, min(4, sum(counts)))
+    try:
+      prof = generator.sample_profile(rng, cat, depth=depth, calls_per_turn=counts, classes=classes)
+    except RuntimeError:  # e.g. depth 4 inside travel alone: no travel function takes an amount
+      continue
+    made += 1
+    assert [n for n in prof.calls_per_turn if n] == counts and prof.depth == depth
+    assert {c for t in prof.classes for c in t} <= set(classes)
+    assert prof.num_turns == len(counts) + (cat in ("miss_func", "miss_param"))
+  assert made >= 30
+  with pytest.raises(ValueError, match="calls_per_turn"):
+    generator.sample_profile(rng, calls_per_turn=[4])
+  with pytest.raises(ValueError, match="classes"):
+    generator.sample_profile(rng, classes=["nope"])
+  with pytest.raises(ValueError, match="needs more than 2 calls"):
+    generator.sample_profile(rng, depth=3, calls_per_turn=[1, 1])
+
+
 def _prof(cat="base", turns=(("a", "b"), ("c",)), edges=((0, 1), (1, 2))):
   return P.build_profile(cat, turns, edges, lambda f: f.upper())
 

@@ -136,6 +136,33 @@ def test_dropped_unique_result_fails(env, seeds):
       assert not (r.turn_state[t] and r.turn_exec[t]) and not r.success, task.id
 
 
+CREATING = ("transfer", "copy_file", "book_flight", "send_message", "buy_product", "deposit")
+
+
+def test_duplicated_creating_call_fails(env, seeds):
+  """A second transfer / copy / booking / message / order / deposit changes the state: the turn and the task fail."""
+  n = 0
+  for task in seeds:
+    calls = gold_calls(task)
+    hit = [(t, k) for t in range(task.num_turns) for k, c in enumerate(calls[t]) if c["name"] in CREATING]
+    if not hit:
+      continue
+    t, k = hit[0]
+    calls[t].insert(k, dict(calls[t][k]))
+    ep = env.new_episode(task)
+    observations = []
+    for turn_calls in calls:
+      observations.append(ep.submit_calls(turn_calls))
+      ep.force_close_turn()
+    r = ep.result()
+    if '"error"' in observations[t][k + 1]:  # the copy was refused (stock, funds): state unchanged, BFCL passes it
+      assert r.turn_state[t]
+      continue
+    assert not r.turn_state[t] and not r.success, task.id
+    n += 1
+  assert n >= 50
+
+
 def test_error_hints_and_parse_errors_counted(tmp_path):
   cfg = get_config().env
   cfg.cache_dir = str(tmp_path)

@@ -105,42 +105,69 @@ def _depths(n: int, edges: Sequence[tuple[int, int]]) -> list[int]:
 # sample_profile
 
 def sample_profile(rng: random.Random, category: str | None = None, num_turns: int | None = None,
-                   depth: int | None = None) -> profile_lib.Profile:
-  """A realistic structure (module docstring). ``num_turns`` counts the abstain turn of miss categories."""
+                   depth: int | None = None, calls_per_turn: Sequence[int] | None = None,
+                   classes: Sequence[str] | None = None) -> profile_lib.Profile:
+  """A realistic structure (module docstring); any of the arguments pins that part of it.
+
+  Args:
+    rng: randomness.
+    category: one of CATEGORIES (default: uniform).
+    num_turns: user turns, counting the abstain turn of miss categories (base 1-5, miss 2-5).
+    depth: dependency depth 1-4.
+    calls_per_turn: calls of each turn that has calls (1-3 each; miss categories add one empty turn).
+    classes: the API classes to draw functions from (default: the chain's, plus a second one 35 % of the time).
+  """
   if category is not None and category not in CATEGORIES:
     raise ValueError(f"category {category!r} not in {CATEGORIES}")
+  if classes is not None and (not classes or any(c not in apis.CLASSES for c in classes)):
+    raise ValueError(f"classes {classes!r} must be a non-empty subset of {apis.CLASSES}")
+  if calls_per_turn is not None and (not calls_per_turn or any(not 1 <= c <= 3 for c in calls_per_turn)):
+    raise ValueError(f"calls_per_turn {calls_per_turn!r} must be a non-empty list of 1..3")
   for _ in range(1000):
     cat = category if category is not None else rng.choice(CATEGORIES)
     miss = cat in ("miss_func", "miss_param")
-    if num_turns is not None:
+    if calls_per_turn is not None:
+      n_base = len(calls_per_turn)
+      if num_turns is not None and num_turns != n_base + miss:
+        raise ValueError(f"num_turns={num_turns} disagrees with calls_per_turn {list(calls_per_turn)} for {cat}")
+    elif num_turns is not None:
       n_base = num_turns - (1 if miss else 0)
-      if not 1 <= n_base <= (4 if miss else 5):
-        raise ValueError(f"num_turns={num_turns} out of range for category {cat}")
     else:
       n_base = _weighted(rng, MISS_TURN_WEIGHTS if miss else BASE_TURN_WEIGHTS)
+    if not 1 <= n_base <= (4 if miss else 5):
+      raise ValueError(f"{n_base} turns with calls is out of range for category {cat}")
     d = depth if depth is not None else _weighted(rng, DEPTH_WEIGHTS)
     if not 1 <= d <= 4:
       raise ValueError(f"depth={d} must be in 1..4")
-    if d > 3 * n_base:
-      if depth is not None and num_turns is not None:
-        raise ValueError(f"depth={depth} needs more than {n_base} call turn(s) of at most 3 calls")
+    max_calls = sum(calls_per_turn) if calls_per_turn is not None else 3 * n_base
+    if d > max_calls:
+      if depth is not None and (num_turns is not None or calls_per_turn is not None):
+        raise ValueError(f"depth={depth} needs more than {max_calls} calls")
       continue
-    counts = [_weighted(rng, CALL_WEIGHTS) for _ in range(n_base)]
-    while sum(counts) < d:
-      counts[rng.choice([t for t in range(n_base) if counts[t] < 3])] += 1
-    prof = _sample_structure(rng, cat, counts, d)
+    if calls_per_turn is not None:
+      counts = list(calls_per_turn)
+    else:
+      counts = [_weighted(rng, CALL_WEIGHTS) for _ in range(n_base)]
+      while sum(counts) < d:
+        counts[rng.choice([t for t in range(n_base) if counts[t] < 3])] += 1
+    prof = _sample_structure(rng, cat, counts, d, classes)
     if prof is not None:
       return prof
-  raise RuntimeError(f"could not sample a profile (category={category}, num_turns={num_turns}, depth={depth})")
+  raise RuntimeError(f"could not sample a profile (category={category}, num_turns={num_turns}, depth={depth}, "
+                     f"calls_per_turn={calls_per_turn}, classes={classes})")
 
 
-def _sample_chain(rng: random.Random, d: int) -> list[apis.Fn] | None:
-  chain = [rng.choice([f for f in apis.FUNCTIONS if d == 1 or f.sources])]
+def _sample_chain(rng: random.Random, d: int, allowed: Sequence[str] | None) -> list[apis.Fn] | None:
+  pool = [f for f in apis.FUNCTIONS if allowed is None or f.cls in allowed]
+  starts = [f for f in pool if d == 1 or f.sources]
+  if not starts:
+    return None
+  chain = [rng.choice(starts)]
   while len(chain) < d:
     classes = {f.cls for f in chain}
     need_sources = len(chain) < d - 1
-    options = [f for f in apis.FUNCTIONS if _can_flow(chain[-1], f) and (f.sources or not need_sources)
-               and (len(classes) < 2 or f.cls in classes) and f not in chain
+    options = [f for f in pool if _can_flow(chain[-1], f) and (f.sources or not need_sources)
+               and (allowed is not None or len(classes) < 2 or f.cls in classes) and f not in chain
                and not (need_sources and (chain[-1].name, f.name) in ECHO)]
     if not options:
       return None
@@ -148,9 +175,10 @@ def _sample_chain(rng: random.Random, d: int) -> list[apis.Fn] | None:
   return chain
 
 
-def _sample_structure(rng: random.Random, cat: str, counts: list[int], d: int) -> profile_lib.Profile | None:
+def _sample_structure(rng: random.Random, cat: str, counts: list[int], d: int,
+                      allowed: Sequence[str] | None) -> profile_lib.Profile | None:
   n_calls = sum(counts)
-  chain = _sample_chain(rng, d)
+  chain = _sample_chain(rng, d, allowed)
   if chain is None:
     return None
   slots = [None] * n_calls
@@ -158,9 +186,12 @@ def _sample_structure(rng: random.Random, cat: str, counts: list[int], d: int) -
   for pos, fn in zip(positions, chain):
     slots[pos] = fn
   edges = [(positions[k], positions[k + 1]) for k in range(d - 1)]
-  classes = sorted({f.cls for f in chain})
-  if len(classes) == 1 and rng.random() < 0.35:
-    classes.append(rng.choice([c for c in apis.CLASSES if c != classes[0]]))
+  if allowed is not None:
+    classes = sorted(set(allowed))
+  else:
+    classes = sorted({f.cls for f in chain})
+    if len(classes) == 1 and rng.random() < 0.35:
+      classes.append(rng.choice([c for c in apis.CLASSES if c != classes[0]]))
   pool = [f for f in apis.FUNCTIONS if f.cls in classes]
   for j in range(n_calls):
     if slots[j] is not None:
