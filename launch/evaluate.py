@@ -59,19 +59,25 @@ def apply_flags(config, k: int, max_tasks: int):
   return config
 
 
-def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> tuple[dict, str]:
-  """(metrics, source): evaluates ``checkpoint_dir`` (HF layout) or the run's checkpoint ``step`` (None = latest)."""
+class Policy(NamedTuple):
+  graphdef: Any
+  params: Any  # nnx.State on the config's mesh
+  model_cfg: Any
+  tokenizer: Any
+  source: str  # "step<N>" (run checkpoint), the HF directory's name, or "init"
+
+
+def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> Policy:
+  """The policy to evaluate: ``checkpoint_dir`` (HF layout), else the run's checkpoint ``step`` (None = latest),
+  else the model the run starts from (its warm-up, ``sft.init_checkpoint`` or the config's model)."""
   import jax
   from flax import nnx
 
-  from rods_jax import checkpoint, config_validation, envs, sharding
+  from rods_jax import checkpoint, config_validation, sharding
   from rods_jax.rods import loop
-  from rods_jax.rollout.engine import MultiTurnEngine
-  from rods_jax.rollout.render import ChatRenderer
 
   config_validation.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  env = envs.make_env(config.env.name, config.env)
   tokenizer = loop.build_tokenizer(config, workdir)
   warmup = os.path.join(workdir, loop.WARMUP_DIR)
   # The architecture (and, for an HF directory, the weights) comes from the same place the run started from.
@@ -79,22 +85,37 @@ def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = 
       warmup if os.path.exists(os.path.join(warmup, "config.json")) else "")
   model, model_cfg = loop.build_model(config, tokenizer, mesh, init_dir)
   graphdef, params = nnx.split(sharding.shard_model(model, mesh))
-  source = os.path.basename(os.path.normpath(checkpoint_dir)) if checkpoint_dir else "init"
-  if not checkpoint_dir:
-    ckpt_dir = os.path.join(workdir, loop.CHECKPOINT_DIR)
-    if checkpoint.latest_step(ckpt_dir) is not None:
-      with checkpoint.CheckpointManager(ckpt_dir, config.checkpoint) as manager:
-        step = manager.latest_step() if step is None else step
-        params = manager.restore_params(params, step)
-      source = f"step{step}"
-    elif step is not None:
+  if checkpoint_dir:
+    return Policy(graphdef, params, model_cfg, tokenizer, os.path.basename(os.path.normpath(checkpoint_dir)))
+  ckpt_dir = os.path.join(workdir, loop.CHECKPOINT_DIR)
+  if checkpoint.latest_step(ckpt_dir) is None:
+    if step is not None:
       raise FileNotFoundError(f"--step={step}: no checkpoints in {ckpt_dir}")
-  logging.info("evaluating %s (%s) on %s/%s", source, init_dir or "from scratch", config.env.name,
-               config.env.test_split)
-  engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg)
+    logging.warning("no checkpoint in %s: evaluating the initial policy (%s)", ckpt_dir, init_dir or "from scratch")
+    return Policy(graphdef, params, model_cfg, tokenizer, "init")
+  with checkpoint.CheckpointManager(ckpt_dir, config.checkpoint) as manager:
+    step = manager.latest_step() if step is None else step
+    params = manager.restore_params(params, step)
+  return Policy(graphdef, params, model_cfg, tokenizer, f"step{step}")
+
+
+def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> tuple[dict, str]:
+  """(metrics, source) of ``load_policy(...)`` on the config's test split, with the training run's evaluation."""
+  import jax
+
+  from rods_jax import envs
+  from rods_jax.rods import loop
+  from rods_jax.rollout.engine import MultiTurnEngine
+  from rods_jax.rollout.render import ChatRenderer
+
+  policy = load_policy(config, workdir, checkpoint_dir, step)
+  env = envs.make_env(config.env.name, config.env)
+  logging.info("evaluating %s on %s/%s", policy.source, config.env.name, config.env.test_split)
+  engine = MultiTurnEngine(policy.graphdef, policy.tokenizer, ChatRenderer(policy.tokenizer), config.rollout,
+                           policy.model_cfg)
   tasks = env.load_tasks(config.env.test_split)[:int(config.train.eval_max_tasks)]
-  parts = _EvalParts(config=config, env=env, engine=engine, learner=_Learner(params), test_tasks=tasks)
-  return loop.evaluate(parts, jax.random.key(int(config.seed))), source
+  parts = _EvalParts(config=config, env=env, engine=engine, learner=_Learner(policy.params), test_tasks=tasks)
+  return loop.evaluate(parts, jax.random.key(int(config.seed))), policy.source
 
 
 def run(fv: flags.FlagValues) -> dict:

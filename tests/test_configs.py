@@ -4,6 +4,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from configs import arms, base, scales
@@ -319,3 +320,39 @@ def test_synthesize_serves_a_directory_exchange(tmp_path):
   static.synthesis.exchange_dir = str(tmp_path / "exchange")
   with pytest.raises(ValueError, match=r"config\.rods\.synthesis=False"):
     synthesize.serve(static, 0, 1, 1.0)
+
+
+def test_evaluate_loads_the_runs_latest_params(tmp_path, capsys):
+  """launch.evaluate picks the run's newest checkpoint and restores only the policy parameters from it."""
+  import jax
+  from flax import nnx
+
+  from launch import evaluate
+  from rods_jax import checkpoint
+  fv = _parse(evaluate, [f"--config={os.path.join(_REPO, 'configs', 'static.py')}", f"--workdir={tmp_path}",
+                         "--k=4", "--max_tasks=3"])
+  config = evaluate.apply_flags(fv.config, fv.k, fv.max_tasks)
+  assert config.train.eval_k == 4 and config.train.eval_max_tasks == 3
+  with pytest.raises(ValueError, match="--k=-1"):
+    evaluate.apply_flags(config, -1, 0)
+  # A small lab tokenizer where the run keeps its own (the full build takes ~15 s of CPU).
+  from rods_jax import envs
+  from rods_jax.models import lab_tokenizer
+  env = envs.make_env(config.env.name, config.env)
+  corpus = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks(config.env.seed_split)[:16]]
+  lab_tokenizer.build_lab_tokenizer(str(tmp_path / "tokenizer"), corpus, vocab_size=400)
+  init = evaluate.load_policy(config, str(tmp_path))
+  assert init.source == "init"
+  # The run saved two checkpoints; the latest holds distinct weights.
+  later = jax.tree.map(lambda x: x + 1.0 if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x, init.params)
+  with checkpoint.CheckpointManager(tmp_path / "checkpoints", config.checkpoint) as manager:
+    manager.save(checkpoint.TrainState(5, init.params, {}, None, jax.random.key(0)), force=True)
+    manager.save(checkpoint.TrainState(10, later, {}, None, jax.random.key(0)), force=True)
+  got = evaluate.load_policy(config, str(tmp_path))
+  assert got.source == "step10"
+  for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(later)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert isinstance(nnx.merge(got.graphdef, got.params), nnx.Module)
+  assert evaluate.load_policy(config, str(tmp_path), step=5).source == "step5"
+  with pytest.raises(FileNotFoundError, match="step 7"):
+    evaluate.load_policy(config, str(tmp_path), step=7)
