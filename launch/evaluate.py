@@ -1,13 +1,12 @@
 r"""Held-out evaluation of a run's latest checkpoint (or any HF-layout checkpoint) on the test split.
 
-  python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods                  # latest run checkpoint
-  python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods --step=400 --k=8  # pass@8 / pass^8
+  python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods                  # latest run checkpoint, greedy
+  python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods --step=400 --k=8  # sampled: pass@j, pass^j
   python -m launch.evaluate --config=configs/static.py:paper --checkpoint_dir=/ckpt/Qwen3-4B --workdir=runs/base
 
-Writes ``<workdir>/eval/standalone_<source>.json`` (or ``--out``) with success and mean R_P overall and per
-category, pass@k and pass^k, and prints them.
+Runs ``rods_jax.eval.evaluate`` (success and mean R_P overall and per category; unbiased pass@j and pass^j when
+sampled) and writes ``<out_dir>/standalone_<source>_<mode>_k<k>.json`` (default out_dir: ``<workdir>/eval``).
 """
-import json
 import os
 from typing import Any, NamedTuple
 
@@ -26,26 +25,14 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   flags.DEFINE_string("checkpoint_dir", "", "Evaluate this HF-layout directory instead of the run's own "
                       "checkpoints.", flag_values=fv)
   flags.DEFINE_integer("step", -1, "Run checkpoint step (-1 = latest).", flag_values=fv)
-  flags.DEFINE_integer("k", 0, "Samples per task (1 = greedy; 0 = config.train.eval_k).", flag_values=fv)
+  flags.DEFINE_integer("k", 0, "Rollouts per task (1 = greedy, > 1 = sampled; 0 = config.train.eval_k).",
+                       flag_values=fv)
   flags.DEFINE_integer("max_tasks", 0, "Evaluate the first N test tasks (0 = config.train.eval_max_tasks).",
                        flag_values=fv)
-  flags.DEFINE_string("out", "", "Output JSON path (default: <workdir>/eval/standalone_<source>.json).",
-                      flag_values=fv)
+  flags.DEFINE_string("out_dir", "", "Directory of the output JSON (default: <workdir>/eval).", flag_values=fv)
+  flags.DEFINE_integer("chunk", 64, "Tasks per rollout call.", flag_values=fv)
   flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
   distributed.define_flags(fv)
-
-
-class _Learner(NamedTuple):
-  params: Any
-
-
-class _EvalParts(NamedTuple):
-  """The fields rods_jax.rods.loop.evaluate reads; the same evaluation code as the training run's."""
-  config: Any
-  env: Any
-  engine: Any
-  learner: _Learner
-  test_tasks: list
 
 
 def apply_flags(config, k: int, max_tasks: int):
@@ -99,42 +86,46 @@ def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None
   return Policy(graphdef, params, model_cfg, tokenizer, f"step{step}")
 
 
-def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> tuple[dict, str]:
-  """(metrics, source) of ``load_policy(...)`` on the config's test split, with the training run's evaluation."""
+def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None, out_dir: str | None = None,
+             chunk: int = 64):
+  """``rods_jax.eval.evaluate`` of ``load_policy(...)`` on the config's test split -> (EvalResult, source).
+
+  ``config.train.eval_k`` rollouts per task: 1 = greedy, more = sampled at the rollout temperature."""
   import jax
 
   from rods_jax import envs
-  from rods_jax.rods import loop
+  from rods_jax import eval as eval_lib
   from rods_jax.rollout.engine import MultiTurnEngine
   from rods_jax.rollout.render import ChatRenderer
 
   policy = load_policy(config, workdir, checkpoint_dir, step)
   env = envs.make_env(config.env.name, config.env)
-  logging.info("evaluating %s on %s/%s", policy.source, config.env.name, config.env.test_split)
+  k = int(config.train.eval_k)
+  mode = "greedy" if k == 1 else "sampled"
+  logging.info("evaluating %s on %s/%s (%s, k=%d)", policy.source, config.env.name, config.env.test_split, mode, k)
   engine = MultiTurnEngine(policy.graphdef, policy.tokenizer, ChatRenderer(policy.tokenizer), config.rollout,
                            policy.model_cfg)
   tasks = env.load_tasks(config.env.test_split)[:int(config.train.eval_max_tasks)]
-  parts = _EvalParts(config=config, env=env, engine=engine, learner=_Learner(policy.params), test_tasks=tasks)
-  return loop.evaluate(parts, jax.random.key(int(config.seed))), policy.source
+  rollout_fn = eval_lib.engine_rollout_fn(engine, policy.params, env, config.rollout)
+  result = eval_lib.evaluate(rollout_fn, tasks, mode=mode, k=k, rng=jax.random.key(int(config.seed)), chunk=chunk,
+                             out_dir=out_dir, tag=f"standalone_{policy.source}",
+                             extra={"source": policy.source, "arm": config.arm, "env": config.env.name,
+                                    "split": config.env.test_split})
+  return result, policy.source
 
 
-def run(fv: flags.FlagValues) -> dict:
-  """Evaluates per the flags, writes the JSON (process 0) and returns the metrics."""
+def run(fv: flags.FlagValues):
+  """Evaluates per the flags, writes the JSON (process 0), prints the metrics and returns the EvalResult."""
   distributed.initialize_from_flags(fv)
-  import jax
-
   config = apply_flags(fv.config, fv.k, fv.max_tasks)
-  workdir = fv.workdir
-  metrics, source = evaluate(config, workdir, fv.checkpoint_dir, None if fv.step < 0 else fv.step)
-  out = fv.out or os.path.join(workdir, "eval", f"standalone_{source}.json")
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-      json.dump({"source": source, **metrics}, f, indent=1, sort_keys=True)
-    for key in sorted(metrics):
-      print(f"{key:32s} {metrics[key]:.4f}" if isinstance(metrics[key], float) else f"{key:32s} {metrics[key]}")
-    print(f"wrote {out}")
-  return metrics
+  out_dir = fv.out_dir or os.path.join(fv.workdir, "eval")
+  result, _ = evaluate(config, fv.workdir, fv.checkpoint_dir, None if fv.step < 0 else fv.step, out_dir, fv.chunk)
+  if result.path is not None:
+    for key in sorted(result.metrics):
+      value = result.metrics[key]
+      print(f"{key:32s} {value:.4f}" if isinstance(value, float) else f"{key:32s} {value}")
+    print(f"wrote {result.path}")
+  return result
 
 
 def main(argv):
