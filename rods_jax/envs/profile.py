@@ -1,7 +1,7 @@
 """Structural profile Φ of a task, computed from its EXECUTED ground truth (DESIGN.md §1), for any environment.
 
-Φ holds: the functions called per user turn (in order) and their API classes (the API topology); the parameter-flow DAG;
-its longest chain (dependency depth, 1 = no flow); the number of turns; the category; the number of cross-turn edges.
+Φ holds: the functions called per user turn (in order) and their API classes (the API topology); the parameter-flow
+DAG; its longest chain (dependency depth, 1 = no flow); the number of turns; the category; the number of cross-turn edges.
 
 Parameter flow (the heuristic of reference/bfcl_env.md §4.1): call j depends on an earlier call i iff some argument
 value v of j (a string of length >= 2 or a number with |v| >= 10; leaves of lists/dicts too) does not occur in the user
@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from rods_jax.envs.task import CATEGORIES, Task
@@ -140,7 +141,7 @@ def occurs(value: Any, text: str) -> bool:
 
 def flow_edges(turns: Sequence[str], calls: Sequence[Sequence[Mapping[str, Any]]],
                results: Sequence[Sequence[str]]) -> list[tuple[int, int]]:
-  """The parameter-flow edges (module docstring) of executed calls. ``results[t][k]`` is the output of call k of turn t."""
+  """The parameter-flow edges (module docstring) of executed calls; ``results[t][k]`` = output of call k of turn t."""
   flat_calls = [c for t in calls for c in t]
   flat_results = [r for t in results for r in t]
   call_turn = [t for t, cs in enumerate(calls) for _ in cs]
@@ -188,8 +189,8 @@ def _flow_pairs(p: Profile) -> Counter:
   return Counter((fns[i], fns[j], ct[i] != ct[j]) for i, j in p.edges)
 
 
-SIMILARITY_WEIGHTS = {"category": 0.15, "turns": 0.15, "functions": 0.2, "classes": 0.1, "depth": 0.15,
-                      "flow": 0.15, "cross_turn": 0.1}
+SIMILARITY_WEIGHTS = MappingProxyType({"category": 0.15, "turns": 0.15, "functions": 0.2, "classes": 0.1,
+                                       "depth": 0.15, "flow": 0.15, "cross_turn": 0.1})
 
 
 def profile_similarity(a: Profile, b: Profile) -> float:
@@ -213,7 +214,7 @@ def profile_similarity(a: Profile, b: Profile) -> float:
 
 
 def profiles_match(a: Profile, b: Profile, tolerance: float = 0.0) -> bool:
-  """tolerance 0: exact structural equality (same functions per turn, same edges, category). Else similarity >= 1 - tol."""
+  """tolerance 0: exact structural equality (functions per turn, edges, category); else similarity >= 1 - tol."""
   if tolerance < 0 or tolerance > 1:
     raise ValueError(f"profile tolerance must be in [0, 1], got {tolerance}")
   if tolerance == 0:

@@ -22,7 +22,8 @@ def turn_checks(gt_results: Sequence[str], model_results_cumulative: Sequence[st
   """(r^state, r^exec) for one closed user turn, BFCL semantics.
 
   Non-empty ground truth:  r^state = [state_model == state_gt] ,
-                           r^exec  = [GT results of the turn ⊆ model results of all turns so far] ∧ [model called ≥ 1].
+                           r^exec  = [GT results of the turn ⊆ model results of all turns so far]
+                                     ∧ [model called ≥ 1 in the turn].
   Empty ground truth (missing function / parameter): r^state = r^exec = [model made no call in the turn].
   """
   if not gt_results:

@@ -4,26 +4,30 @@ Each function is a ``Fn``: typed parameters (a *kind* per parameter, e.g. ``fid`
 later call may consume (``sources``: field -> kind), a one-clause user-text template, an implementation over the class's
 JSON state dict, and a picker that chooses literal argument values valid in the current state (used by the
 generator). Outputs are compact JSON objects. Implementations check everything before their first mutation (the id
-pool pop included), so a call that fails leaves the state untouched without a backup copy. New ids come from a per-world pool, so extra calls change the state.
-Function names are unique across classes (dispatch is by bare name, as in BFCL).
+pool pop included), so a call that fails leaves the state untouched without a backup copy. New ids come from a
+per-world pool, so extra calls change the state. Function names are unique across classes (dispatch is by bare
+name, as in BFCL).
 """
 from __future__ import annotations
 
 import dataclasses
 import random
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 CLASSES = ("files", "bank", "travel", "chat", "shop")
 
 # Literal phrase of a value of each kind in user text (ids carry their noun so the text reads naturally).
-LITERAL = {"fid": "file {}", "acct": "account {}", "tx": "transfer {}", "flight": "flight {}", "booking": "booking {}",
-           "uid": "contact {}", "mid": "message {}", "pid": "product {}", "order": "order {}"}
+LITERAL = MappingProxyType({
+    "fid": "file {}", "acct": "account {}", "tx": "transfer {}", "flight": "flight {}", "booking": "booking {}",
+    "uid": "contact {}", "mid": "message {}", "pid": "product {}", "order": "order {}"})
 # Noun of each kind (miss_param: "which city?", "the city is rome.").
-NOUN = {"name": "person", "fname": "file name", "dir": "folder", "fid": "file", "acct": "account", "tx": "transfer",
-        "amount": "amount", "city": "city", "flight": "flight", "booking": "booking", "seat": "seat", "uid": "contact",
-        "mid": "message", "word": "text", "pname": "product", "pid": "product", "order": "order", "qty": "quantity",
-        "stars": "rating"}
+NOUN = MappingProxyType({
+    "name": "person", "fname": "file name", "dir": "folder", "fid": "file", "acct": "account", "tx": "transfer",
+    "amount": "amount", "city": "city", "flight": "flight", "booking": "booking", "seat": "seat", "uid": "contact",
+    "mid": "message", "word": "text", "pname": "product", "pid": "product", "order": "order", "qty": "quantity",
+    "stars": "rating"})
 INT_KINDS = frozenset({"amount", "qty", "stars"})
 
 
@@ -165,7 +169,8 @@ def _pick_share(st, rng, fixed):
   if fid not in st["files"]:
     return None
   f = st["files"][fid]
-  return _fill(fixed, file=fid, name=_choice(rng, [p for p in st["people"] if p not in f["shared"] and p != f["owner"]]))
+  others = [p for p in st["people"] if p not in f["shared"] and p != f["owner"]]
+  return _fill(fixed, file=fid, name=_choice(rng, others))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -590,5 +595,6 @@ FUNCTIONS: tuple[Fn, ...] = (
     Fn("rate_product", "shop", (P("product", "pid"), P("stars", "stars", flow=False)), (),
        "rate {product} {stars} stars", "Rate a product 1-5.", _rate_product, _pick_rate),
 )
-BY_NAME: dict[str, Fn] = {f.name: f for f in FUNCTIONS}
-BY_CLASS: dict[str, tuple[Fn, ...]] = {c: tuple(f for f in FUNCTIONS if f.cls == c) for c in CLASSES}
+BY_NAME: Mapping[str, Fn] = MappingProxyType({f.name: f for f in FUNCTIONS})
+BY_CLASS: Mapping[str, tuple[Fn, ...]] = MappingProxyType(
+    {c: tuple(f for f in FUNCTIONS if f.cls == c) for c in CLASSES})

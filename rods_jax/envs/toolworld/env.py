@@ -5,6 +5,7 @@ import json
 import os
 import random
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from rods_jax.envs import parsing, protocol
@@ -14,7 +15,7 @@ from rods_jax.envs.toolworld.world import ToolWorld
 
 # split -> (size, lineage origin). Category blocks of size/4 each; every task has its own RNG stream
 # random.Random("toolworld/v<version>/<split>/<index>"), so splits never share a stream.
-SPLITS = {"seeds": (400, "seed"), "test": (400, "test"), "offline": (16_000, "offline")}
+SPLITS = MappingProxyType({"seeds": (400, "seed"), "test": (400, "test"), "offline": (16_000, "offline")})
 MAX_ATTEMPTS_PER_PROFILE = 20
 
 

@@ -80,7 +80,8 @@ def make_initial_state(classes: Sequence[str], rng: random.Random, long_context:
       pids = _ids(rng, "P", 6 * scale)
       oids = _ids(rng, "O", 6 * scale + 6)
       names = rng.sample(PRODUCTS, 6 * scale)
-      products = {p: {"name": n, "price": rng.randint(100, 499), "stock": rng.randint(3, 9)} for p, n in zip(pids, names)}
+      products = {p: {"name": n, "price": rng.randint(100, 499), "stock": rng.randint(3, 9)}
+                  for p, n in zip(pids, names)}
       orders = {o: {"product": rng.choice(pids), "qty": rng.randint(1, 3), "status": STATUSES[i % 3]}
                 for i, o in enumerate(oids[:6 * scale])}
       state[cls] = {"products": products, "orders": orders, "ratings": {}, "pool": oids[6 * scale:]}
