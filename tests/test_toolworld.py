@@ -173,6 +173,16 @@ def test_error_hints_and_parse_errors_counted(tmp_path):
   res = ep.step('<tool_call>{"name": "nope", "arguments": {}}</tool_call>')
   assert res.kind == "error" and "Available:" in res.observations[0]
   assert ep.result().n_parse_errors == 1 and ep.result().n_calls == 1
+  # backend errors carry an actionable hint; the GT world is unaffected (its calls succeed)
+  fn = next(f for c in task.classes for f in apis.BY_CLASS[c] if any(p.kind == "fid" or p.kind == "acct"
+                                                                     for p in f.params))
+  p = next(p for p in fn.params if p.kind in ("fid", "acct"))
+  args = {q.name: ("Z99" if q is p else (5 if q.json_type == "integer" else "zz")) for q in fn.params}
+  res = ep.step(parsing.format_call({"name": fn.name, "arguments": args}))
+  out = json.loads(res.observations[0])
+  assert res.kind == "tool" and out["error"] and out["hint"]
+  assert ep.result().n_errors == 2 and ep.result().n_parse_errors == 1
+  assert env.score(task, gold_calls(task)).success
 
 
 def test_miss_func_semantics(env, seeds):

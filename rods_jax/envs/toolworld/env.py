@@ -99,7 +99,7 @@ class ToolWorldEnv:
 
   def new_world(self, task: Task) -> ToolWorld:
     self._check(task)
-    return ToolWorld(task.initial_state, long_context=bool(task.meta.get("long_context", False)))
+    return ToolWorld(task.initial_state, long_context=bool(task.meta.get("long_context", False)), hints=self._hints)
 
   def tools_at(self, task: Task, turn: int) -> list[dict]:
     """Schemas of the task's classes, minus functions held back until a later turn (miss_func)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from rods_jax.envs.protocol import ExecResult
@@ -111,11 +112,14 @@ class ToolWorld:
     initial_state: class -> state (deep-copied; the task is never mutated).
     long_context: pad every successful output with extra fields (BFCL's bloated long-context outputs, kept small).
     copy_state: False to take ownership of a freshly made state instead of copying it.
+    hints: add an EnvTuning-style actionable ``"hint"`` to backend errors (``cfg.env.error_hints``).
   """
 
-  def __init__(self, initial_state: Mapping[str, Any], long_context: bool = False, copy_state: bool = True):
+  def __init__(self, initial_state: Mapping[str, Any], long_context: bool = False, copy_state: bool = True,
+               hints: bool = False):
     self.state = clone(dict(initial_state)) if copy_state else dict(initial_state)
     self.long_context = long_context
+    self.hints = hints
 
   def execute(self, name: str, arguments: Mapping[str, Any]) -> ExecResult:
     fn = apis.BY_NAME.get(name)
@@ -127,7 +131,8 @@ class ToolWorld:
     try:
       out = fn.impl(self.state[fn.cls], dict(arguments))  # impls validate before mutating (see apis)
     except apis.ToolError as e:
-      return ExecResult(dump_output({"error": str(e)}), False)
+      err = {"error": str(e), "hint": error_hint(fn, str(e))} if self.hints else {"error": str(e)}
+      return ExecResult(dump_output(err), False)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError):
       return ExecResult(dump_output({"error": "bad arguments"}), False)
     if self.long_context:
@@ -136,6 +141,25 @@ class ToolWorld:
 
   def same_state(self, other: "ToolWorld") -> bool:
     return self.state == other.state
+
+
+_SPECIFIC_HINTS = MappingProxyType({
+    "insufficient funds": "check the balance of the source account first",
+    "account frozen": "a frozen account can neither send nor receive",
+    "already in that folder": "the file is already in that folder",
+    "cannot cancel": "only placed orders can be cancelled; check the order status",
+    "not delivered": "only delivered orders can be returned; check the order status",
+    "contact blocked": "that contact is blocked",
+    "already a contact": "use find_contact for existing contacts",
+})
+
+
+def error_hint(fn: apis.Fn, error: str) -> str:
+  """An actionable hint for a backend error of ``fn``: a specific one when known, else where its values come from."""
+  if error in _SPECIFIC_HINTS:
+    return _SPECIFIC_HINTS[error]
+  args = ", ".join(f"{p.name}: {apis.NOUN[p.kind]}" for p in fn.params)
+  return f"{fn.name}({args}) takes ids and names from the request or from an earlier tool output"
 
 
 def _padding(name: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
