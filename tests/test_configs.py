@@ -322,7 +322,42 @@ def test_synthesize_serves_a_directory_exchange(tmp_path):
     synthesize.serve(static, 0, 1, 1.0)
 
 
-def test_evaluate_loads_the_runs_latest_params(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory):
+  """A lab tokenizer from 16 seed conversations (the full build takes ~15 s of CPU)."""
+  from rods_jax import envs
+  from rods_jax.models import lab_tokenizer
+  config = base.get_config()
+  env = envs.make_env(config.env.name, config.env)
+  corpus = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks(config.env.seed_split)[:16]]
+  out = str(tmp_path_factory.mktemp("tokenizer"))
+  lab_tokenizer.build_lab_tokenizer(out, corpus, vocab_size=400)
+  return out
+
+
+def test_every_arm_builds_its_trainer(tmp_path, small_tokenizer):
+  """rods_jax.rods.loop.build on each arm's own config (only the tokenizer, inline synthesis and no warm-up changed)."""
+  from rods_jax.rl.learner import GRPOLearner
+  from rods_jax.rods import loop
+  for arm in ARM_NAMES:
+    config = _load(arm)
+    config.model.tokenizer_dir = small_tokenizer
+    config.synthesis.process = False  # no worker process to spawn in a test
+    config.sft.steps = 0  # offline's supervised stage is the loop's to test
+    config.logging.tensorboard = False
+    parts = loop.build(config, str(tmp_path / arm))
+    try:
+      assert isinstance(parts.learner, GRPOLearner) and parts.config.arm == arm
+      assert parts.restored_step is None and parts.state.step == 0
+      assert (parts.curriculum.client is not None) == arms.ARMS[arm]["rods.synthesis"]
+      assert parts.curriculum.dynamic == config.rods.dynamic
+      assert len(parts.curriculum.buffer) == (16_000 if arm == "offline" else 400)
+      assert len(parts.test_tasks) == config.train.eval_max_tasks
+    finally:
+      parts.close()
+
+
+def test_evaluate_loads_the_runs_latest_params(tmp_path, small_tokenizer):
   """launch.evaluate picks the run's newest checkpoint and restores only the policy parameters from it."""
   import jax
   from flax import nnx
@@ -335,12 +370,7 @@ def test_evaluate_loads_the_runs_latest_params(tmp_path, capsys):
   assert config.train.eval_k == 4 and config.train.eval_max_tasks == 3
   with pytest.raises(ValueError, match="--k=-1"):
     evaluate.apply_flags(config, -1, 0)
-  # A small lab tokenizer where the run keeps its own (the full build takes ~15 s of CPU).
-  from rods_jax import envs
-  from rods_jax.models import lab_tokenizer
-  env = envs.make_env(config.env.name, config.env)
-  corpus = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks(config.env.seed_split)[:16]]
-  lab_tokenizer.build_lab_tokenizer(str(tmp_path / "tokenizer"), corpus, vocab_size=400)
+  config.model.tokenizer_dir = small_tokenizer
   init = evaluate.load_policy(config, str(tmp_path))
   assert init.source == "init"
   # The run saved two checkpoints; the latest holds distinct weights.
