@@ -4,8 +4,9 @@ through exactly the same loading path (``transformers.AutoTokenizer``) as a real
 
 * Lossless: byte-level alphabet, no normalizer, ByteLevel decoder, so ``decode(encode(s)) == s`` for every string.
 * Pre-tokenization (one regex, "isolated"): chat role headers (``assistant\\n``), the fixed JSON of a compact tool
-  call (``{"name":"`` and ``","arguments":{"``), a tool's argument list in the system message (``(src,dst,amount) ``),
-  single digits (numbers are split into digits), words with an optional leading space, punctuation runs, whitespace.
+  call (``{"name":"`` and ``","arguments":{"``), a JSON key with its quotes and colon (``{"file":"``, ``amount":``),
+  a tool's argument list in the system message (``(src,dst,amount) ``), single digits (numbers are split into
+  digits), words with an optional leading space, punctuation runs, whitespace.
   A pre-token boundary always falls right after a role header, so the content of a message tokenizes independently
   of the template around it (the rollout's token-delta property).
 * Special tokens ``<|im_start|>``, ``<|im_end|>`` (eos), ``<|endoftext|>`` (pad); ``<tool_call>`` / ``</tool_call>`` are
@@ -26,8 +27,8 @@ IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 SPECIAL_TOKENS = (EOT, IM_START, IM_END)  # ids 0, 1, 2
 TOOL_TOKENS = (TOOL_OPEN, TOOL_CLOSE)  # ids 3, 4
-PRETOKENIZE_PATTERN = (r'(?:system|user|assistant|tool)\n|\{"name":"|","arguments":\{"|\([\p{L}_,]*\) ?|\p{N}'
-                       r'| ?[\p{L}_]+| ?[^\s\p{L}\p{N}_]+|\s+')
+PRETOKENIZE_PATTERN = (r'(?:system|user|assistant|tool)\n|\{"name":"|","arguments":\{"|\{?"?[\p{L}_]+":"?'
+                       r'|\([\p{L}_,]*\) ?|\p{N}| ?[\p{L}_]+| ?[^\s\p{L}\p{N}_]+|\s+')
 
 # Jinja, rendered by transformers with trim_blocks=True and lstrip_blocks=True (as render_chat below does).
 CHAT_TEMPLATE = (
