@@ -252,8 +252,10 @@ def test_flop_count_matches_a_hand_count_and_benchmark_reports_consistent_figure
   assert bench.step_flops(MODEL, want_p, n, t, True) == 4 * (2 * want_p * n * t + attn)
   assert bench.step_flops(MODEL, want_p, n, t, False) == 3 * (2 * want_p * n * t + attn)
 
-  out = bench.train_benchmark(MODEL, batch=n, seq=t, repeats=2, warmup=1, matmul_size=128)
-  assert out["tokens_per_s"] == pytest.approx(n * t / (out["step_ms"] / 1e3), rel=1e-9)
+  c = make_config()  # the learner tests' config and shapes: the compiled step is reused from the jit cache
+  out = bench.train_benchmark(MODEL, batch=B * K, seq=T, repeats=2, warmup=1, grpo_cfg=c.grpo, optim_cfg=c.optim,
+                              matmul_size=128, group_size=K)
+  assert out["tokens_per_s"] == pytest.approx(B * K * T / (out["step_ms"] / 1e3), rel=1e-9)
   assert out["mfu"] == pytest.approx(out["achieved_gflops"] / out["peak_gflops"], rel=1e-9)
-  assert out["flops_per_step"] == bench.step_flops(MODEL, want_p, n, t, True)
+  assert out["flops_per_step"] == bench.step_flops(MODEL, want_p, B * K, T, True)
   assert out["peak_gflops"] > 0 and 0 < out["mfu"] and out["step_ms"] > 0

@@ -71,12 +71,12 @@ def synthetic_batch(vocab: int, n_seqs: int, seq: int, k: int, seed: int) -> lea
 
 def train_benchmark(model_cfg: ModelConfig, batch: int, seq: int, repeats: int, *, warmup: int = 2,
                     grpo_cfg=None, optim_cfg=None, rods_cfg=None, matmul_size: int | None = None,
-                    seed: int = 0) -> dict[str, Any]:
+                    group_size: int = 8, seed: int = 0) -> dict[str, Any]:
   """GRPO train-step throughput and MFU on one device.
 
   Args:
     model_cfg: the model to train (e.g. ``get_preset("lab_tiny", vocab_size=V)``).
-    batch: sequences per step (B·K; grouped by K = min(8, batch), which must divide it).
+    batch: sequences per step (B·K; grouped by K = min(group_size, batch), which must divide it).
     seq: tokens per sequence.
     repeats: timed steps (and timed matmuls); medians are reported.
     warmup: untimed steps first (compilation).
@@ -89,7 +89,7 @@ def train_benchmark(model_cfg: ModelConfig, batch: int, seq: int, repeats: int, 
   from configs import base  # pylint: disable=g-import-not-at-top
   if repeats < 1 or warmup < 0:
     raise ValueError(f"train_benchmark: repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
-  k = min(8, batch)
+  k = min(group_size, batch)
   if batch % k:
     raise ValueError(f"train_benchmark: batch={batch} must be a multiple of the group size {k}")
   config = base.get_config()
