@@ -336,3 +336,27 @@ def test_rejected_calls_leave_state_unchanged(name, value):
     assert json.dumps(ep._model.state, sort_keys=True) == before
   if res.kind == "tool" and json.loads(res.observations[0]).get("error"):
     assert json.dumps(ep._model.state, sort_keys=True) == before
+
+
+def test_random_policy_invariants(env, seeds):
+  """A random policy mixing gold calls (of this and other tasks), garbage and answers never breaks an episode."""
+  rng = random.Random(3)
+  pool = [m["content"] for t in seeds[:40] for m in tw_env.gold_messages(t) if m["role"] == "assistant"]
+  pool += ["<tool_call>{bad json</tool_call>", "<tool_call>", "</tool_call>", "", "\x00" * 5,
+           '<tool_call>{"name":"transfer","arguments":{"src":"A1","dst":"A2","amount":-5}}</tool_call>']
+  for task in seeds[::7]:
+    ep = env.new_episode(task)
+    steps = 0
+    while not ep.done and steps < 60:
+      steps += 1
+      if rng.random() < 0.1:
+        ep.force_close_turn()
+        continue
+      res = ep.step(rng.choice(pool))
+      assert res.kind in protocol.KINDS and all(isinstance(o, str) for o in res.observations)
+      assert res.turn_closed == (res.kind == "answer")
+    r = ep.result()
+    assert 0.0 <= r.progress <= 1.0 and r.success == (r.progress == 1.0)
+    assert len(r.turn_state) == len(r.turn_exec) == r.turns_closed <= task.num_turns
+    assert r.n_parse_errors <= r.n_errors
+    assert r.progress == pytest.approx(sum(s and e for s, e in zip(r.turn_state, r.turn_exec)) / task.num_turns)
