@@ -158,7 +158,8 @@ def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> lis
 
   A resumed run re-logs steps after its last checkpoint. With ``resolve_restarts``, a record whose step is lower than
   the previous record's marks a restart, and the earlier records with step >= that step are dropped (the resumed run
-  superseded them). A truncated last line (crash mid-write) is skipped.
+  superseded them; if the resumed run's first record shares the checkpoint's step, e.g. an evaluation, the original
+  record of that step goes too). A truncated last line (crash mid-write) is skipped.
   """
   records: list[dict[str, Any]] = []
   with open(path, encoding="utf-8") as f:
@@ -214,12 +215,19 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_pa
   return _save(fig, out_path)
 
 
-def _stacked(records, keys: Sequence[str], x: str, out_path, ylabel: str, title: str) -> str:
-  rows = [r for r in records if r.get(x) is not None and all(r.get(k) is not None for k in keys)]
+def _stacked(records, keys: Sequence[str], x: str, out_path, ylabel: str, title: str,
+             missing: float | None) -> str:
+  """Stacked areas of ``keys`` against ``x``. A record lacking a key is skipped, or counts ``missing`` if given."""
+
+  def value(r, k):
+    return missing if r.get(k) is None else r[k]
+
+  rows = [r for r in records if r.get(x) is not None and all(value(r, k) is not None for k in keys)
+          and any(r.get(k) is not None for k in keys)]
   if not rows:
     raise ValueError(f"no records with {x!r} and all of {list(keys)}")
   xs = np.asarray([r[x] for r in rows], np.float64)
-  ys = np.asarray([[r[k] for r in rows] for k in keys], np.float64)
+  ys = np.asarray([[value(r, k) for r in rows] for k in keys], np.float64)
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
   ax.stackplot(xs, ys, labels=list(keys), alpha=0.85)
@@ -233,7 +241,7 @@ def _stacked(records, keys: Sequence[str], x: str, out_path, ylabel: str, title:
 def plot_zone_fractions(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike, *,
                         keys: Sequence[str] = ZONE_KEYS, x: str = X_AXIS) -> str:
   """Stacked hard / boundary / mastered fractions of each step's tasks over training."""
-  return _stacked(records, keys, x, out_path, "fraction of tasks", "zones")
+  return _stacked(records, keys, x, out_path, "fraction of tasks", "zones", missing=None)
 
 
 def pool_keys(records: Sequence[Mapping[str, Any]], prefix: str = POOL_PREFIX) -> list[str]:
@@ -248,8 +256,10 @@ def pool_keys(records: Sequence[Mapping[str, Any]], prefix: str = POOL_PREFIX) -
 
 def plot_pool_composition(records: Sequence[Mapping[str, Any]], out_path: str | os.PathLike, *,
                           prefix: str = POOL_PREFIX, x: str = X_AXIS) -> str:
-  """Stacked active-pool counts, one band per key under ``prefix`` (origin by default; or ``pool/depth/``)."""
+  """Stacked active-pool counts, one band per key under ``prefix`` (origin by default; or ``pool/depth/``).
+
+  A part absent from a step's record (e.g. no synthesized task injected yet) counts 0 there."""
   keys = pool_keys(records, prefix)
   if not keys:
     raise ValueError(f"no {prefix!r} keys in the records")
-  return _stacked(records, keys, x, out_path, "tasks in the active pool", "pool composition")
+  return _stacked(records, keys, x, out_path, "tasks in the active pool", "pool composition", missing=0.0)

@@ -132,8 +132,9 @@ def test_plots(tmp_path):
       for step in range(1, 31):
         z = rng.dirichlet(np.ones(3))
         m = {"trajectories": 64 * step, "zones/hard": z[0], "zones/boundary": z[1], "zones/mastered": z[2],
-             "pool/origin/seed": 400, "pool/origin/generated": int(rng.integers(0, 400)), "pool/size": 800,
-             "pool/depth/1": 100, "pool/depth/2": 300}
+             "pool/origin/seed": 400, "pool/size": 800, "pool/depth/1": 100, "pool/depth/2": 300}
+        if step > 5:  # the first synthesized tasks arrive later: the part is absent before (counts 0)
+          m["pool/origin/synth"] = int(rng.integers(0, 400))
         if step % 10 == 0:
           m["eval/success"] = float(rng.random())
         writer.write(step, m)
@@ -142,11 +143,13 @@ def test_plots(tmp_path):
   np.testing.assert_array_equal(xs, [640, 1280, 1920])
   _png_ok(metrics_lib.plot_learning_curves(runs, tmp_path / "plots" / "curves.png"))
   _png_ok(metrics_lib.plot_zone_fractions(runs["rods"], tmp_path / "plots" / "zones.png"))
-  assert metrics_lib.pool_keys(runs["rods"]) == ["pool/origin/seed", "pool/origin/generated"]
+  assert metrics_lib.pool_keys(runs["rods"]) == ["pool/origin/seed", "pool/origin/synth"]
   _png_ok(metrics_lib.plot_pool_composition(runs["rods"], tmp_path / "plots" / "pool.png"))
   _png_ok(metrics_lib.plot_pool_composition(runs["rods"], tmp_path / "plots" / "depth.png", prefix="pool/depth/"))
   with pytest.raises(ValueError, match="eval/missing"):
     metrics_lib.plot_learning_curves(runs, tmp_path / "x.png", y="eval/missing")
+  del runs["rods"][3]["zones/hard"]  # a zone-less record is skipped, not drawn as 0
+  _png_ok(metrics_lib.plot_zone_fractions(runs["rods"], tmp_path / "plots" / "zones2.png"))
   with pytest.raises(ValueError, match="pool/nothing/"):
     metrics_lib.plot_pool_composition(runs["rods"], tmp_path / "x.png", prefix="pool/nothing/")
 
