@@ -232,3 +232,18 @@ def test_restore_params_alone(tmp_path):
     got = manager.restore_params(jax.tree.map(lambda x: jax.device_put(x, jax.devices()[0]), target))
   _leaves_equal(got, params)
   assert got["l2"]["kernel"].value.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def test_async_save_survives_donation_of_the_saved_buffers(tmp_path):
+  """The learner's step donates its state: an async save must have copied the arrays before save() returns."""
+  _, params = _init(6)
+  expected = jax.tree.map(np.asarray, params)
+  update = jax.jit(lambda p: jax.tree.map(lambda x: x * 0.0 - 7.0, p), donate_argnums=0)
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(async_save=True)) as manager:
+    manager.save(ckpt_lib.TrainState(1, params, (), None, jax.random.key(0)))
+    params = update(params)  # the saved buffers are donated (freed / overwritten) while the write may still run
+    jax.block_until_ready(params)
+  _, target = _init(7)
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
+    got = manager.restore(ckpt_lib.TrainState(0, target, (), None, jax.random.key(1))).state.params
+  _leaves_equal(got, expected)
