@@ -59,14 +59,14 @@ class StepConfig(NamedTuple):
   alpha_low: float  # config.rods: zone thresholds for the detector
   alpha_high: float
 
-  def grpo_cfg(self) -> "_Frozen":
-    return _Frozen(dict(self.grpo))
+  def grpo_cfg(self) -> "FrozenConfig":
+    return FrozenConfig(dict(self.grpo))
 
-  def optim_cfg(self) -> "_Frozen":
-    return _Frozen(dict(self.optim))
+  def optim_cfg(self) -> "FrozenConfig":
+    return FrozenConfig(dict(self.optim))
 
 
-class _Frozen:
+class FrozenConfig:
   """Attribute view of a dict (what the registered losses / advantages read: ``cfg.clip_low`` ...)."""
 
   def __init__(self, d: dict[str, Any]):
@@ -285,6 +285,24 @@ def train_step(graphdef: nnx.GraphDef, state: LearnerState, batch: TrainBatch, *
   return LearnerState(step, params, opt_state, state.ref_params), metrics, stats
 
 
+def global_array(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global jax.Array from a host array every process holds in full; each process places only its own shards
+  (works single- and multi-host, unlike device_put of the whole array)."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def replicate_on_mesh(x: jax.Array, mesh: Mesh) -> jax.Array:
+  return global_array(np.asarray(jax.device_get(x)), NamedSharding(mesh, PartitionSpec()))
+
+
+def on_mesh(x: jax.Array, mesh: Mesh) -> jax.Array:
+  """Leaves already sharded over ``mesh`` stay; others (optimizer counts, ...) are replicated over it."""
+  sh = getattr(x, "sharding", None)
+  if isinstance(sh, NamedSharding) and sh.mesh == mesh:
+    return x
+  return replicate_on_mesh(x, mesh)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the stateful wrapper
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,8 +331,9 @@ class GRPOLearner:
     self.graphdef, params = nnx.split(model)
     with self._mesh_context():
       state = init_state(params, make_optimizer(optim_cfg), keep_reference=grpo_cfg.kl_coef != 0)
-    if mesh is not None:
-      state = state._replace(step=jax.device_put(state.step, NamedSharding(mesh, PartitionSpec())))
+    if mesh is not None:  # scalars (step, Adam's count) replicated on the mesh, so every process holds them
+      state = state._replace(step=replicate_on_mesh(state.step, mesh),
+                             opt_state=jax.tree.map(lambda x: on_mesh(x, mesh), state.opt_state))
     self.state = state
 
   def _mesh_context(self):
@@ -347,8 +366,8 @@ class GRPOLearner:
     if self.mesh is None:
       return jax.tree.map(jnp.asarray, arrays)
     rows = sharding_lib.batch_sharding(self.mesh, 2)
-    replicated = NamedSharding(self.mesh, PartitionSpec())
-    return TrainBatch(*(jax.device_put(x, rows) for x in arrays[:4]), jax.device_put(arrays.rewards, replicated))
+    return TrainBatch(*(global_array(x, rows) for x in arrays[:4]),
+                      global_array(arrays.rewards, NamedSharding(self.mesh, PartitionSpec())))
 
   def step(self, batch) -> tuple[dict[str, float], detector.GroupStats]:
     """One jitted GRPO update on a RolloutBatch; returns host metrics and the detector's per-task GroupStats."""

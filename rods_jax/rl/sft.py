@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from rods_jax import sharding as sharding_lib
 from rods_jax.rl import learner as learner_lib
@@ -136,7 +136,7 @@ def sft_step(graphdef: nnx.GraphDef, state: SFTState, tokens: jnp.ndarray, loss_
              valid: jnp.ndarray, *, optim: tuple) -> tuple[SFTState, dict[str, jnp.ndarray]]:
   """One AdamW step on the token-mean NLL of one batch (``optim``: sorted (key, value) pairs, see
   ``sft_optimizer_config``)."""
-  ocfg = learner_lib._Frozen(dict(optim))  # pylint: disable=protected-access
+  ocfg = learner_lib.FrozenConfig(dict(optim))
   optimizer = learner_lib.make_optimizer(ocfg)
   (_, metrics), grads = jax.value_and_grad(sft_loss, has_aux=True)(state.params, graphdef, tokens, loss_mask, valid)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -158,10 +158,11 @@ class SFTTrainer:
     if mesh is not None:
       sharding_lib.shard_model(model, mesh)
     self.graphdef, params = nnx.split(model)
-    opt_state = learner_lib.make_optimizer(learner_lib._Frozen(dict(self.optim))).init(params)  # pylint: disable=protected-access
+    opt_state = learner_lib.make_optimizer(learner_lib.FrozenConfig(dict(self.optim))).init(params)
     step = jnp.zeros((), jnp.int32)
-    if mesh is not None:
-      step = jax.device_put(step, NamedSharding(mesh, PartitionSpec()))
+    if mesh is not None:  # scalars replicated on the mesh (multi-host safe)
+      step = learner_lib.replicate_on_mesh(step, mesh)
+      opt_state = jax.tree.map(lambda x: learner_lib.on_mesh(x, mesh), opt_state)
     self.state = SFTState(step, params, opt_state)
 
   @property
@@ -174,7 +175,7 @@ class SFTTrainer:
   def _put(self, x: np.ndarray) -> jax.Array:
     if self.mesh is None:
       return jnp.asarray(x)
-    return jax.device_put(x, sharding_lib.batch_sharding(self.mesh, x.ndim))
+    return learner_lib.global_array(x, sharding_lib.batch_sharding(self.mesh, x.ndim))
 
   def step(self, batch: SFTBatch) -> dict[str, float]:
     ctx = jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
