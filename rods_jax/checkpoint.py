@@ -20,6 +20,7 @@ Keep-last-N, the save cadence and async writes come from ``config.checkpoint`` (
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -100,10 +101,24 @@ def _is_typed_key(rng) -> bool:
   return isinstance(rng, (jax.Array, jax.ShapeDtypeStruct)) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
 
 
-def _check_json_names(host_state: Mapping[str, Any]) -> None:
-  for name in host_state:
+def _check_host_state(host_state: Mapping[str, Any]) -> None:
+  """Fails now, naming the entry, rather than later in the background writer."""
+  for name, value in host_state.items():
     if not isinstance(name, str) or not name:
       raise ValueError(f"host_state keys must be non-empty strings, got {name!r}")
+    try:
+      json.dumps(value, allow_nan=True)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"host_state[{name!r}] is not JSON-able: {e}") from e
+
+
+def _host_value(x) -> np.ndarray:
+  """A small array's value on this host; a global array must be replicated (e.g. the RNG key)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if not x.is_fully_replicated:
+      raise ValueError(f"the RNG key must be replicated across processes, got sharding {x.sharding}")
+    return np.asarray(x.addressable_data(0))
+  return np.asarray(x)
 
 
 class CheckpointManager:
@@ -144,11 +159,11 @@ class CheckpointManager:
     the caller may keep updating its state. ``host_state`` values must be JSON-able (dicts, lists, str, numbers).
     """
     host_state = {} if host_state is None else dict(host_state)
-    _check_json_names(host_state)
+    _check_host_state(host_state)
     step = int(state.step)
     typed_key = _is_typed_key(state.rng)
     # The key is tiny and identical on every process: it goes in the JSON, so a host-local key needs no global array.
-    rng_data = np.asarray(jax.random.key_data(state.rng) if typed_key else state.rng)
+    rng_data = _host_value(jax.random.key_data(state.rng) if typed_key else state.rng)
     trees = {"params": state.params, "opt_state": state.opt_state, "ref_params": state.ref_params}
     # Orbax refuses empty items (e.g. the state of a stateless optimizer); those are rebuilt from the target.
     items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()

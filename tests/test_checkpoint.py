@@ -208,6 +208,8 @@ def test_bad_input_is_named(tmp_path):
   with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
       manager.restore(state)
+    with pytest.raises(ValueError, match=r"host_state\['buffer'\] is not JSON-able"):
+      manager.save(state, {"buffer": {"ids": np.arange(3)}})
     manager.save(state)
   with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
     with pytest.raises(ValueError, match="ref_params"):
