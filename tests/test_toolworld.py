@@ -360,3 +360,16 @@ def test_random_policy_invariants(env, seeds):
     assert len(r.turn_state) == len(r.turn_exec) == r.turns_closed <= task.num_turns
     assert r.n_parse_errors <= r.n_errors
     assert r.progress == pytest.approx(sum(s and e for s, e in zip(r.turn_state, r.turn_exec)) / task.num_turns)
+
+
+def test_registry_and_task_checks(env, seeds):
+  with pytest.raises(ValueError, match=r"config.env.name='nope'"):
+    make_env("nope", get_config().env)
+  assert isinstance(env, protocol.Environment) and env.name == "toolworld"
+  assert isinstance(env.new_episode(seeds[0]), protocol.Episode)
+  with pytest.raises(ValueError, match="not a toolworld split"):
+    env.load_tasks("train")
+  with pytest.raises(ValueError, match="not toolworld"):
+    env.new_episode(seeds[0].replace(env="bfcl"))
+  with pytest.raises(KeyError, match="unknown toolworld function"):
+    env.function_class("rm")
