@@ -1,9 +1,13 @@
 r"""Expand a sweep file into runs; run them one after another here, or print their launch commands.
 
 A sweep file defines ``get_sweep() -> {"config": "configs/<arm>.py[:scale]", "grid": {"section.field": [values]}}``;
-the runs are the Cartesian product of the grid, each in ``<workdir>/<field>=<value>[,...]``::
+the runs are the Cartesian product of the grid, each in ``<workdir>/<field>=<value>[,...]``. ``"config"`` may also be
+a list of config files (e.g. every arm); then each run is ``<workdir>/<file stem>[,<field>=<value>...]`` and the
+grid may be empty::
 
   python -m launch.sweep --sweep=configs/sweep_pmax.py --workdir=runs/sweep_pmax
+  python -m launch.sweep --sweep=configs/sweep_arms.py --workdir=runs/arms \
+      --extra_args=--config.sft.init_checkpoint=runs/warmup/warmup     # every arm from one warm-up
   python -m launch.sweep --sweep=configs/sweep_pmax.py --workdir=/shared/sweep --print_only \
       --extra_args=--distributed=auto        # one command per line, for a cluster scheduler
 
@@ -35,8 +39,9 @@ def define_flags(fv: flags.FlagValues) -> None:
 
 
 class Run(NamedTuple):
-  name: str  # subdirectory, e.g. "p_max=200"
+  name: str  # subdirectory, e.g. "p_max=200" or "static,p_max=200"
   overrides: dict[str, Any]  # dotted field -> value
+  config: str = ""  # config file spec of this run (set by expand_sweep)
 
 
 def _load_module(path: str):
@@ -49,19 +54,31 @@ def _load_module(path: str):
 
 
 def load_sweep(path: str) -> dict[str, Any]:
-  """``get_sweep()`` of ``path``, checked: a config path and a non-empty grid of non-empty value lists."""
+  """``get_sweep()`` of ``path``, checked; ``config`` is normalised to a list of config specs."""
   module = _load_module(path)
   if not hasattr(module, "get_sweep"):
     raise ValueError(f"{path} does not define get_sweep()")
-  sweep = module.get_sweep()
+  sweep = dict(module.get_sweep())
   if set(sweep) != {"config", "grid"}:
     raise ValueError(f"{path}: get_sweep() must return exactly the keys 'config' and 'grid', got {sorted(sweep)}")
-  if not isinstance(sweep["grid"], Mapping) or not sweep["grid"]:
+  configs = [sweep["config"]] if isinstance(sweep["config"], str) else list(sweep["config"])
+  if not configs or not all(isinstance(c, str) and c for c in configs):
+    raise ValueError(f"{path}: 'config' must be a config file spec or a non-empty list of them")
+  if len({_stem(c) for c in configs}) != len(configs):
+    raise ValueError(f"{path}: config files must have distinct names (they name the run directories)")
+  if not isinstance(sweep["grid"], Mapping) or (len(configs) == 1 and not sweep["grid"]):
     raise ValueError(f"{path}: 'grid' must be a non-empty mapping of dotted field -> list of values")
   for field, values in sweep["grid"].items():
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
       raise ValueError(f"{path}: grid[{field!r}] must be a non-empty list of values")
+  sweep["config"] = configs
   return sweep
+
+
+def _stem(config_spec: str) -> str:
+  path, _, argument = config_spec.partition(":")
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return f"{stem}_{argument}" if argument else stem
 
 
 def expand(grid: Mapping[str, Sequence[Any]]) -> list[Run]:
@@ -72,6 +89,17 @@ def expand(grid: Mapping[str, Sequence[Any]]) -> list[Run]:
     overrides = dict(zip(fields, values))
     name = ",".join(f"{f.split('.')[-1]}={v}" for f, v in overrides.items())
     runs.append(Run(name, overrides))
+  return runs
+
+
+def expand_sweep(sweep: Mapping[str, Any]) -> list[Run]:
+  """Runs of a loaded sweep: for each config file, the grid's product (names prefixed when there are several)."""
+  configs = sweep["config"]
+  runs = []
+  for spec in configs:
+    for run in expand(sweep["grid"]):
+      name = run.name if len(configs) == 1 else ",".join(p for p in (_stem(spec), run.name) if p)
+      runs.append(Run(name, run.overrides, spec))
   return runs
 
 
@@ -97,9 +125,9 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
   return config
 
 
-def command(config_spec: str, run: Run, workdir: str, extra: Sequence[str], python: str = "python") -> list[str]:
+def command(run: Run, workdir: str, extra: Sequence[str], python: str = "python") -> list[str]:
   """The ``launch.train`` command line of one run."""
-  cmd = [python, "-m", "launch.train", f"--config={config_spec}"]
+  cmd = [python, "-m", "launch.train", f"--config={run.config}"]
   cmd += [f"--config.{k}={v}" for k, v in run.overrides.items()]
   cmd += [f"--workdir={os.path.join(workdir, run.name)}", *extra]
   return cmd
@@ -110,15 +138,14 @@ def plan(sweep_path: str, workdir: str, extra: Sequence[str], num_devices: int |
   """Validates every run of the sweep and returns their commands."""
   from rods_jax import config_validation
 
-  sweep = load_sweep(sweep_path)
   commands = []
-  for run in expand(sweep["grid"]):
-    config = apply_overrides(load_config(sweep["config"]), run.overrides)
+  for run in expand_sweep(load_sweep(sweep_path)):
+    config = apply_overrides(load_config(run.config), run.overrides)
     try:
       config_validation.validate(config, num_devices)
     except ValueError as e:
       raise ValueError(f"sweep run {run.name}: {e}") from e
-    commands.append(command(sweep["config"], run, workdir, extra, python))
+    commands.append(command(run, workdir, extra, python))
   return commands
 
 

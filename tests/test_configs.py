@@ -23,7 +23,7 @@ def test_every_arm_has_a_file_and_an_entry():
   assert set(ARM_NAMES) == set(arms.ARMS)
   assert set(ARM_NAMES) <= files
   # Every config file is an arm, a sweep, or a helper module; nothing unvalidated hides in configs/.
-  assert files - set(ARM_NAMES) == {"__init__", "base", "arms", "scales", "sweep_pmax"}
+  assert files - set(ARM_NAMES) == {"__init__", "base", "arms", "scales", "sweep_pmax", "sweep_arms"}
 
 
 @pytest.mark.parametrize("arm", ARM_NAMES)
@@ -264,6 +264,16 @@ def test_sweep_expands_validates_and_prints(tmp_path, capsys, monkeypatch):
   assert len(commands) == len(lines) == 4
   assert lines[2] == (f"python -m launch.train --config=configs/rods.py --config.rods.p_max=200 "
                       f"--workdir={tmp_path}/p_max=200 --distributed=auto")
+  named = sweep.expand_sweep({"config": ["configs/rods.py", "configs/static.py:paper"], "grid": {"rods.p_max": [0, 1]}})
+  assert [(r.name, r.config) for r in named] == [
+      ("rods,p_max=0", "configs/rods.py"), ("rods,p_max=1", "configs/rods.py"),
+      ("static_paper,p_max=0", "configs/static.py:paper"), ("static_paper,p_max=1", "configs/static.py:paper")]
+  # A sweep over config files: one run per arm, named after the file.
+  arms_commands = sweep.plan("configs/sweep_arms.py", str(tmp_path), ["--config.rollout.k=4"], 8)
+  assert len(arms_commands) == len(ARM_NAMES)
+  by_arm = {os.path.basename(c[-2].split("=", 1)[1]): c for c in arms_commands}
+  assert set(by_arm) == set(ARM_NAMES)
+  assert by_arm["offline"][3:] == ["--config=configs/offline.py", f"--workdir={tmp_path}/offline", "--config.rollout.k=4"]
   bad = tmp_path / "bad_sweep.py"
   bad.write_text('def get_sweep():\n  return {"config": "configs/rods.py", "grid": {"rods.alpha_low": [0.1, 0.9]}}\n')
   with pytest.raises(ValueError, match=r"sweep run alpha_low=0\.9: config\.rods\.alpha_low=0\.9 must be <"):
