@@ -181,6 +181,11 @@ def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> lis
   return records
 
 
+def load_run(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """``read_jsonl(<workdir>/metrics.jsonl)``: every record of a run, restarts resolved."""
+  return read_jsonl(os.path.join(os.fspath(workdir), JSONL_NAME))
+
+
 def series(records: Sequence[Mapping[str, Any]], key: str, x: str = X_AXIS) -> tuple[np.ndarray, np.ndarray]:
   """(x values, key values) over the records that have both keys non-null, as float64 arrays."""
   pairs = [(r[x], r[key]) for r in records if r.get(x) is not None and r.get(key) is not None]
@@ -212,6 +217,27 @@ def plot_learning_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_pa
   ax.set_title(title if title is not None else f"{y} vs {x}")
   ax.grid(alpha=0.3)
   ax.legend()
+  return _save(fig, out_path)
+
+
+def plot_series(records: Sequence[Mapping[str, Any]], keys: Sequence[str], out_path: str | os.PathLike, *,
+                x: str = X_AXIS, title: str | None = None, ylabel: str | None = None) -> str:
+  """One line per key of one run (e.g. ``eval/depth_3/success`` per depth, ``zones/var/boundary`` per zone)."""
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
+  drawn = 0
+  for key in keys:
+    xs, ys = series(records, key, x)
+    if xs.size:
+      ax.plot(xs, ys, marker="o" if xs.size < 20 else None, markersize=3, label=key)
+      drawn += 1
+  if not drawn:
+    raise ValueError(f"no records with {x!r} and any of {list(keys)}")
+  ax.set_xlabel(x)
+  ax.set_ylabel(ylabel if ylabel is not None else "value")
+  ax.set_title(title if title is not None else ", ".join(keys))
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small")
   return _save(fig, out_path)
 
 

@@ -138,11 +138,14 @@ def test_plots(tmp_path):
         if step % 10 == 0:
           m["eval/success"] = float(rng.random())
         writer.write(step, m)
-    runs[arm] = metrics_lib.read_jsonl(tmp_path / arm / metrics_lib.JSONL_NAME)
+    runs[arm] = metrics_lib.load_run(tmp_path / arm)
   xs, ys = metrics_lib.series(runs["rods"], "eval/success")
   np.testing.assert_array_equal(xs, [640, 1280, 1920])
   _png_ok(metrics_lib.plot_learning_curves(runs, tmp_path / "plots" / "curves.png"))
   _png_ok(metrics_lib.plot_zone_fractions(runs["rods"], tmp_path / "plots" / "zones.png"))
+  _png_ok(metrics_lib.plot_series(runs["static"], ["zones/hard", "eval/success"], tmp_path / "plots" / "lines.png"))
+  with pytest.raises(ValueError, match="any of"):
+    metrics_lib.plot_series(runs["static"], ["nope"], tmp_path / "x.png")
   assert metrics_lib.pool_keys(runs["rods"]) == ["pool/origin/seed", "pool/origin/synth"]
   _png_ok(metrics_lib.plot_pool_composition(runs["rods"], tmp_path / "plots" / "pool.png"))
   _png_ok(metrics_lib.plot_pool_composition(runs["rods"], tmp_path / "plots" / "depth.png", prefix="pool/depth/"))
