@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.loss = "ppo_clip"
   c.grpo.clip_low = 0.2
   c.grpo.clip_high = 0.28
+  c.grpo.clip_ratio_c = 0.0  # dual-clip bound for negative advantages (verl / EnvTuning use 10.0); 0 = off
   c.grpo.kl_coef = 0.01
   c.grpo.kl_estimator = "low_var_kl"  # low_var_kl (k3) | k1 | k2
   c.grpo.aggregation = "seq-mean-token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum

@@ -59,6 +59,8 @@ def np_objective(logp, old, ref, rewards, mask, ent, cfg):
         pg, dpg = unclipped, -a * rho
       else:
         pg, dpg = clipped, 0.0
+      if cfg.clip_ratio_c and a < 0 and -a * cfg.clip_ratio_c < pg:
+        pg, dpg = -a * cfg.clip_ratio_c, 0.0
       d = ref[i, j] - logp[i, j]
       if cfg.kl_estimator == "low_var_kl":
         kl, dkl = np.exp(d) - d - 1, -np.exp(d) + 1
@@ -117,7 +119,7 @@ def rel_err(a, b):
 # ----------------------------------------------------------------------------------------------------------------------
 def test_numpy_reference_gradient_matches_finite_differences():
   """The analytic numpy gradient is itself checked by float64 central differences."""
-  cfg = grpo_cfg(kl_coef=0.3, entropy_coef=0.01)
+  cfg = grpo_cfg(kl_coef=0.3, entropy_coef=0.01, clip_ratio_c=1.5)
   logp, old, ref, rewards, mask, ent = random_inputs(1, b=3, k=3, t=5)
   _, g = np_objective(logp, old, ref, rewards, mask, ent, cfg)
   h = 1e-6
@@ -135,12 +137,14 @@ def test_numpy_reference_gradient_matches_finite_differences():
     ("token-mean", "low_var_kl", "grpo"),
     ("seq-mean-token-mean", "low_var_kl", "grpo"),
     ("seq-mean-token-sum", "low_var_kl", "rloo"),
+    ("seq-mean-token-mean", "low_var_kl", "grpo-dual"),
     ("seq-mean-token-mean", "k1", "drgrpo"),
     ("token-mean", "k2", "grpo"),
 ])
 def test_loss_and_gradient_match_float64_numpy(aggregation, kl_estimator, advantage):
-  cfg = grpo_cfg(aggregation=aggregation, kl_estimator=kl_estimator, advantage=advantage, kl_coef=0.05,
-                 entropy_coef=0.003)
+  dual = advantage.endswith("-dual")
+  cfg = grpo_cfg(aggregation=aggregation, kl_estimator=kl_estimator, advantage=advantage.removesuffix("-dual"),
+                 kl_coef=0.05, entropy_coef=0.003, clip_ratio_c=1.5 if dual else 0.0)
   for seed in (10, 11):
     inputs = random_inputs(seed)
     want_loss, want_grad = np_objective(*inputs, cfg)
@@ -158,13 +162,14 @@ def test_loss_and_gradient_match_float64_numpy(aggregation, kl_estimator, advant
 def test_clip_branches_are_all_exercised():
   """The random inputs really hit both clip sides (else the parity test would not cover clipping)."""
   logp, old, ref, rewards, mask, ent = random_inputs(10)
-  cfg = grpo_cfg()
+  cfg = grpo_cfg(clip_ratio_c=1.5)
   adv = adv_lib.compute_advantages(jnp.asarray(rewards), cfg).reshape(-1)
   _, metrics = jax.jit(lambda *xs: losses.reduce(losses.ppo_clip(*xs, cfg)))(
       jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32), jnp.asarray(ref, jnp.float32), adv,
       jnp.asarray(mask))
   assert 0.02 < float(metrics["clip_frac_low"]) < 0.5
   assert 0.02 < float(metrics["clip_frac_high"]) < 0.5
+  assert 0.003 < float(metrics["clip_frac_dual"]) < 0.5  # ρ > 1.5 with A < 0: rarer
   assert float(metrics["ratio_min"]) < 0.8 and float(metrics["ratio_max"]) > 1.28
 
 
@@ -223,7 +228,7 @@ def _default_field_result():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("clip_low", 0.05), ("clip_high", 0.6), ("kl_coef", 0.5), ("kl_estimator", "k1"), ("kl_estimator", "k2"),
+    ("clip_low", 0.05), ("clip_high", 0.6), ("clip_ratio_c", 1.5), ("kl_coef", 0.5), ("kl_estimator", "k1"), ("kl_estimator", "k2"),
     ("aggregation", "token-mean"), ("aggregation", "seq-mean-token-sum"), ("eps", 0.5), ("zero_std_tol", 0.05),
     ("advantage", "rloo"), ("advantage", "drgrpo"), ("std_ddof", 0), ("entropy_coef", 0.1),
 ])

@@ -126,6 +126,7 @@ def ppo_clip(logps: jnp.ndarray, old_logps: jnp.ndarray, ref_logps: jnp.ndarray,
 
     ρ = exp(clip(logp − old, ±20))
     pg = max(−A ρ, −A clip(ρ, 1 − ε_low, 1 + ε_high))           (ε_low = cfg.clip_low, ε_high = cfg.clip_high)
+    pg = min(pg, −A c)  where A < 0, if c = cfg.clip_ratio_c > 0   (dual clip, Ye et al. 2020; verl's clip_ratio_c)
     ℓ = pg + β KL_est(logp, ref) − c_H H                          (β = cfg.kl_coef, c_H = cfg.entropy_coef)
     loss = aggregate(ℓ, loss_mask ∧ active_rows, cfg.aggregation)
 
@@ -157,6 +158,11 @@ def ppo_clip(logps: jnp.ndarray, old_logps: jnp.ndarray, ref_logps: jnp.ndarray,
   ratio = jnp.exp(log_ratio)
   low, high = 1.0 - cfg.clip_low, 1.0 + cfg.clip_high
   pg = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, low, high))
+  dual = float(cfg.clip_ratio_c)
+  if dual:
+    if dual <= 1.0:
+      raise ValueError(f"config.grpo.clip_ratio_c={dual} must be > 1 (or 0 = off)")
+    pg = jnp.where(adv < 0, jnp.minimum(pg, -adv * dual), pg)
   kl = kl_penalty(logps, ref_logps, cfg.kl_estimator)
   per_token = pg + cfg.kl_coef * kl
   ent = jnp.zeros_like(logps) if entropy is None else entropy
@@ -174,6 +180,7 @@ def ppo_clip(logps: jnp.ndarray, old_logps: jnp.ndarray, ref_logps: jnp.ndarray,
       "kl": tok_mean(sg(kl)),
       "clip_frac_low": tok_mean(((ratio < low) & (adv < 0)).astype(dtype)),
       "clip_frac_high": tok_mean(((ratio > high) & (adv > 0)).astype(dtype)),
+      "clip_frac_dual": tok_mean(((ratio > dual) & (adv < 0)).astype(dtype) if dual else jnp.zeros_like(ratio)),
       "ratio_mean": tok_mean(sg(ratio)),
       "log_ratio_abs": tok_mean(sg(jnp.abs(log_ratio))),
       "tokens": Weighted(jnp.sum(mask), jnp.ones(())),
