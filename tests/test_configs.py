@@ -158,6 +158,12 @@ BAD = [
 @pytest.mark.parametrize("mutate,num_devices,message", BAD, ids=[m for _, _, m in BAD])
 def test_bad_config_names_the_field(mutate, num_devices, message):
   config = _load("rods")
+  # Pin the fields the messages quote, so base.py may change its defaults.
+  _set_many(rollout__tasks_per_step=8, rollout__k=8, grpo__micro_batch=64, grpo__updates_per_batch=1,
+            rods__alpha_low=0.2, rods__alpha_high=0.85, rods__retire_high=0.95, rollout__max_trajectory_tokens=320,
+            rollout__cache_capacity=384, rollout__max_tokens_per_message=48, mesh__data=1, mesh__fsdp=-1,
+            mesh__tensor=1, train__total_trajectories=25_600)(config)
+  config_validation.validate(config, num_devices)
   mutate(config)
   with pytest.raises(ValueError, match=message):
     config_validation.validate(config, num_devices)
