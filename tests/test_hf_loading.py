@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rods_jax.models import Transformer, get_preset
+from rods_jax.models import Transformer, forward_fn, get_preset
 from rods_jax.models.hf_loader import export_hf_checkpoint, load_hf_checkpoint, load_tokenizer
 from rods_jax.models.safetensors_io import open_tensors, save_tensors
 
@@ -61,7 +61,8 @@ def exported(tmp_path_factory):
 
 
 def _logits(model, tokens, mask, positions):
-  return np.asarray(model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask)))
+  gd, params = nnx.split(model)
+  return np.asarray(jax.jit(forward_fn, static_argnums=0)(gd, params, tokens, positions, mask))
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "qwen2", "llama"])

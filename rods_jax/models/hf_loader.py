@@ -212,7 +212,8 @@ def export_hf_checkpoint(model: Transformer, cfg: ModelConfig, path: str, dtype:
                          max_shard_bytes: int = 4 << 30) -> None:
   """Writes config.json + model.safetensors (or shards + model.safetensors.index.json) that transformers loads.
 
-  dtype: storage dtype of the written tensors (None = each parameter's own dtype).
+  dtype: storage dtype of the written tensors (None = each parameter's own dtype). Multi-host: call on every
+  process (parameters are all-gathered); process 0 writes.
   """
   os.makedirs(path, exist_ok=True)
   flat = {".".join(str(p) for p in k): v.get_value() for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -221,10 +222,12 @@ def export_hf_checkpoint(model: Transformer, cfg: ModelConfig, path: str, dtype:
     nnx_path = rule.nnx.format(i=layer)
     if nnx_path not in flat:
       raise ValueError(f"export_hf_checkpoint: model has no parameter {nnx_path!r} (for {name!r})")
-    host = np.asarray(jax.device_get(flat[nnx_path]))
+    host = _to_host(flat[nnx_path])
     if dtype is not None:
       host = host.astype(jnp.dtype(dtype))
     tensors[name] = to_hf_layout(host, rule, cfg)
+  if jax.process_index() != 0:  # every process joined the gathers above; one writes
+    return
   shards, current, size = [], {}, 0
   for name in sorted(tensors):
     nbytes = tensors[name].nbytes
@@ -249,6 +252,15 @@ def export_hf_checkpoint(model: Transformer, cfg: ModelConfig, path: str, dtype:
   hf["torch_dtype"] = str(np.dtype(next(iter(tensors.values())).dtype)) if dtype is None else dtype
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """Whole array on this host; a collective all-gather when other processes hold parts of it."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def load_tokenizer(path: str):

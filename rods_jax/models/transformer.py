@@ -25,16 +25,18 @@ Parameter layout (the HF loader maps onto these; logical axes in brackets):
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rods_jax.models.config import ModelConfig
 from rods_jax.models.kv_cache import KVCache
 from rods_jax.models.layers import apply_rope, gqa_attention, rms_norm, rope_inv_freq
-from rods_jax.sharding import constrain
+from rods_jax.sharding import constrain, param_shardings
 
 _BTD = ("act_batch", "act_seq", "act_embed")
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
@@ -49,7 +51,18 @@ def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
 
 
 def _normal(rngs: nnx.Rngs, shape, cfg: ModelConfig) -> jax.Array:
-  return cfg.init_std * jax.random.normal(rngs.params(), shape, jnp.dtype(cfg.param_dtype))
+  """N(0, init_std^2) draw, deterministic in the Rngs key.
+
+  Eagerly the draw is made by numpy seeded from the key: an eager `jax.random.normal` compiles one XLA program per
+  distinct shape (~0.5 s of CPU each, ~4 s per new model shape), which dominated model creation in the CPU lab and
+  tests. Under tracing (nnx.eval_shape, `create_model`) it is `jax.random.normal` (same distribution, other values).
+  """
+  key = rngs.params()
+  dtype = jnp.dtype(cfg.param_dtype)
+  if isinstance(key, jax.core.Tracer):
+    return cfg.init_std * jax.random.normal(key, shape, dtype)
+  gen = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+  return jnp.asarray((cfg.init_std * gen.standard_normal(shape, dtype=np.float32)).astype(dtype))
 
 
 class RMSNorm(nnx.Module):
@@ -271,3 +284,18 @@ def extend_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, vali
               kv_len: int | None = None, last_only: bool = False) -> tuple[jax.Array, KVCache]:
   """Functional extend; jit it with static kv_len/last_only and donate the cache."""
   return nnx.merge(graphdef, params).extend(tokens, valid, cache, kv_len=kv_len, last_only=last_only)
+
+
+def create_model(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Transformer:
+  """A freshly initialised Transformer built by one jitted program. With `mesh`, parameters are created directly on
+  their shardings, so a large model never exists unsharded on one device (use this for from-scratch runs at scale).
+  Deterministic in `seed`; values differ from eager ``Transformer(cfg, rngs=nnx.Rngs(seed))`` (jax.random vs the
+  numpy draw, see `_normal`)."""
+  graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed))))
+  out_shardings = None if mesh is None else param_shardings(abs_state, mesh)
+
+  @functools.partial(jax.jit, out_shardings=out_shardings)
+  def init():
+    return nnx.split(Transformer(cfg, rngs=nnx.Rngs(seed)))[1]
+
+  return nnx.merge(graphdef, init())
