@@ -175,3 +175,21 @@ def test_load_tokenizer_with_chat_template(tmp_path):
   assert list(ids) == [1, 3, 5, 6, 2, 1, 4]
   with pytest.raises(ValueError, match="not a directory"):
     load_tokenizer(str(tmp_path / "nope"))
+
+
+def test_load_straight_onto_mesh(exported):
+  import ml_collections
+  from jax.sharding import PartitionSpec as P
+
+  from rods_jax.sharding import make_mesh
+
+  model, path = exported
+  mesh_cfg = ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2})
+  mesh = make_mesh(mesh_cfg)
+  sharded, cfg = load_hf_checkpoint(path, mesh=mesh)
+  q = sharded.layers[1].attn.q[...]
+  assert q.sharding.spec == P("fsdp", "tensor", None) and q.addressable_shards[0].data.shape == (24, 2, 12)
+  assert sharded.embed[...].sharding.spec == P(None, "fsdp")  # vocab 89 is not divisible by tensor=2: replicated
+  assert sharded.layers[0].mlp.down[...].sharding.spec == P("tensor", "fsdp")
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(sharded))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
