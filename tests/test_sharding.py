@@ -153,11 +153,11 @@ def test_create_model_initialises_directly_on_the_mesh():
   cfg = _cfg()
   mesh = make_mesh(_mesh_cfg(2, 2, 2))
   model = create_model(cfg, seed=7, mesh=mesh)
-  again = create_model(cfg, seed=7)
+  eager = Transformer(cfg, rngs=nnx.Rngs(7))
   up = model.layers[0].mlp.up[...]
   assert up.sharding.spec == P("fsdp", "tensor") and up.addressable_shards[0].data.shape == (16, 24)
   assert model.lm_head[...].sharding.spec == P("fsdp", "tensor")
-  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(again))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # deterministic in the seed, mesh-independent
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(eager))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)  # same draw as eager construction
   std = float(np.asarray(up).std())
   assert abs(std - cfg.init_std) < 0.02, std

@@ -30,7 +30,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from rods_jax.models.config import ModelConfig
@@ -51,18 +50,7 @@ def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
 
 
 def _normal(rngs: nnx.Rngs, shape, cfg: ModelConfig) -> jax.Array:
-  """N(0, init_std^2) draw, deterministic in the Rngs key.
-
-  Eagerly the draw is made by numpy seeded from the key: an eager `jax.random.normal` compiles one XLA program per
-  distinct shape (~0.5 s of CPU each, ~4 s per new model shape), which dominated model creation in the CPU lab and
-  tests. Under tracing (nnx.eval_shape, `create_model`) it is `jax.random.normal` (same distribution, other values).
-  """
-  key = rngs.params()
-  dtype = jnp.dtype(cfg.param_dtype)
-  if isinstance(key, jax.core.Tracer):
-    return cfg.init_std * jax.random.normal(key, shape, dtype)
-  gen = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-  return jnp.asarray((cfg.init_std * gen.standard_normal(shape, dtype=np.float32)).astype(dtype))
+  return cfg.init_std * jax.random.normal(rngs.params(), shape, jnp.dtype(cfg.param_dtype))
 
 
 class RMSNorm(nnx.Module):
@@ -289,8 +277,7 @@ def extend_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, vali
 def create_model(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Transformer:
   """A freshly initialised Transformer built by one jitted program. With `mesh`, parameters are created directly on
   their shardings, so a large model never exists unsharded on one device (use this for from-scratch runs at scale).
-  Deterministic in `seed`; values differ from eager ``Transformer(cfg, rngs=nnx.Rngs(seed))`` (jax.random vs the
-  numpy draw, see `_normal`)."""
+  Same values as eager ``Transformer(cfg, rngs=nnx.Rngs(seed))`` up to float rounding of the fused normal draw."""
   graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed))))
   out_shardings = None if mesh is None else param_shardings(abs_state, mesh)
 
