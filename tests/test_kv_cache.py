@@ -126,3 +126,13 @@ def test_init_cache_shapes_and_errors(model):
     model.extend(jnp.zeros((3, 1), jnp.int32), jnp.ones((3, 1), bool), cache, kv_len=9)
   with pytest.raises(ValueError, match="batch"):
     model.extend(jnp.zeros((2, 1), jnp.int32), jnp.ones((2, 1), bool), cache)
+
+
+def test_attn_chunk_model_equals_unchunked(model):
+  """ModelConfig.attn_chunk (query-blocked attention) changes memory, not results: full forward and prefill."""
+  chunked = Transformer(model.cfg.replace(attn_chunk=4), rngs=nnx.Rngs(0))
+  nnx.update(chunked, nnx.state(model))
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(0, V, (4, 19)).astype(np.int32)
+  lengths = np.array([19, 11, 16, 7])
+  np.testing.assert_allclose(_full(chunked, tokens, lengths), _full(model, tokens, lengths), atol=1e-5)

@@ -192,3 +192,24 @@ def test_rms_norm_rope_and_gqa_attention_against_float64_numpy():
   keep = mask.any(-1)
   np.testing.assert_allclose(got[keep], ref[keep], atol=1e-5)
   assert np.isfinite(got).all()
+
+
+def test_chunked_attention_equals_full_values_and_gradients():
+  from rods_jax.models.layers import chunked_gqa_attention, gqa_attention
+
+  rng = np.random.default_rng(2)
+  b, t, s, h, kv, dh = 2, 11, 11, 4, 2, 8
+  q, k, v, w = (jnp.asarray(rng.normal(size=shape), jnp.float32)
+                for shape in ((b, t, h, dh), (b, s, kv, dh), (b, s, kv, dh), (b, t, h, dh)))
+  mask = jnp.asarray(np.tril(np.ones((t, s), bool))[None] & (rng.random((b, 1, s)) < 0.8))
+
+  def loss(fn, q, k, v):
+    return jnp.sum(fn(q, k, v) * w)
+
+  full = lambda q, k, v: gqa_attention(q, k, v, mask)
+  chunked = lambda q, k, v: chunked_gqa_attention(q, k, v, mask, 4)  # 11 = 4 + 4 + 3 (padded block)
+  np.testing.assert_allclose(np.asarray(chunked(q, k, v)), np.asarray(full(q, k, v)), atol=1e-6)
+  g_full = jax.grad(lambda *a: loss(full, *a), argnums=(0, 1, 2))(q, k, v)
+  g_chunk = jax.jit(jax.grad(lambda *a: loss(chunked, *a), argnums=(0, 1, 2)))(q, k, v)
+  for a, c in zip(g_full, g_chunk):
+    np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=1e-5)

@@ -48,12 +48,15 @@ class ModelConfig:
   max_position_embeddings: int = 32_768  # only recorded for export; RoPE itself has no limit
   init_std: float = 0.02  # normal init stddev for every matrix (HF initializer_range)
   remat: bool = False  # full forward: recompute each block in the backward pass (activation memory ~ 1 block)
+  attn_chunk: int = 0  # >0: attention over query blocks of this many tokens (memory O(chunk*S), not O(T*S))
 
   def __post_init__(self):
     for name in ("vocab_size", "hidden", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+    if not isinstance(self.attn_chunk, int) or self.attn_chunk < 0:
+      raise ValueError(f"ModelConfig.attn_chunk must be an int >= 0, got {self.attn_chunk!r}")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
     if self.head_dim % 2:

@@ -148,15 +148,22 @@ def read_hf_config(path: str) -> dict:
     return json.load(f)
 
 
-def load_hf_checkpoint(path: str, mesh: Mesh | None = None, dtype: str = "float32",
-                       param_dtype: str | None = None, remat: bool = False) -> tuple[Transformer, ModelConfig]:
+RUNTIME_FIELDS = ("remat", "attn_chunk")  # ModelConfig fields a caller may set on load (they change no shape)
+
+
+def load_hf_checkpoint(path: str, mesh: Mesh | None = None, dtype: str = "float32", param_dtype: str | None = None,
+                       **runtime) -> tuple[Transformer, ModelConfig]:
   """Loads a local HF directory (config.json + safetensors) into a Transformer.
 
-  dtype: compute dtype; param_dtype: storage dtype (None = same as dtype); remat: ModelConfig.remat. With `mesh`, each parameter is created
+  dtype: compute dtype; param_dtype: storage dtype (None = same as dtype); runtime: RUNTIME_FIELDS of ModelConfig
+  (e.g. remat=True, attn_chunk=1024). With `mesh`, each parameter is created
   directly on its logical-axis sharding; without, on the default device.
   """
+  unknown = set(runtime) - set(RUNTIME_FIELDS)
+  if unknown:
+    raise ValueError(f"load_hf_checkpoint: {sorted(unknown)} cannot be set on load (allowed: {RUNTIME_FIELDS})")
   cfg = ModelConfig.from_hf_config(read_hf_config(path), dtype=dtype,
-                                   param_dtype=dtype if param_dtype is None else param_dtype).replace(remat=remat)
+                                   param_dtype=dtype if param_dtype is None else param_dtype).replace(**runtime)
   graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0))))
   if mesh is not None:
     shardings = {k: v.get_value() for k, v in nnx.to_flat_state(param_shardings(abs_state, mesh))}

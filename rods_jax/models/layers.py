@@ -84,3 +84,24 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> 
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+def chunked_gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int) -> jax.Array:
+  """`gqa_attention` computed over query blocks of `chunk` rows, each block rematerialised in the backward pass.
+
+  Same result; the [B, H, T, S] score tensor never exists whole, so peak attention memory is O(chunk·S) instead of
+  O(T·S) (long multi-turn trajectories at real-model scale). chunk <= 0 or T <= chunk: one block.
+  """
+  b, t, h, dh = q.shape
+  if chunk <= 0 or t <= chunk:
+    return gqa_attention(q, k, v, mask)
+  pad = -t % chunk
+  if pad:  # padded query rows see no key; their (finite) output is sliced off
+    q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    mask = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)))
+  n = (t + pad) // chunk
+  qs = q.reshape(b, n, chunk, h, dh).swapaxes(0, 1)
+  ms = mask.reshape(b, n, chunk, mask.shape[-1]).swapaxes(0, 1)
+  block = jax.checkpoint(lambda qm: gqa_attention(qm[0], k, v, qm[1]))
+  out = jax.lax.map(block, (qs, ms))  # [n, B, chunk, H, Dh]
+  return out.swapaxes(0, 1).reshape(b, n * chunk, h, dh)[:, :t]

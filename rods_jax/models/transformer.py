@@ -34,7 +34,7 @@ from flax import nnx
 
 from rods_jax.models.config import ModelConfig
 from rods_jax.models.kv_cache import KVCache
-from rods_jax.models.layers import apply_rope, gqa_attention, rms_norm, rope_inv_freq
+from rods_jax.models.layers import apply_rope, chunked_gqa_attention, rms_norm, rope_inv_freq
 from rods_jax.sharding import constrain, param_shardings
 
 _BTD = ("act_batch", "act_seq", "act_embed")
@@ -109,7 +109,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     q, k, v = self.qkv(x, positions)
-    return self.out(gqa_attention(q, k, v, mask))
+    return self.out(chunked_gqa_attention(q, k, v, mask, self.cfg.attn_chunk))
 
   def extend(self, x, positions, slots, mask, cache_k, cache_v, layer: int, kv_len: int):
     """Writes this chunk's k/v at `slots` of layer `layer` (slot == capacity: dropped) and attends over the first
@@ -121,7 +121,7 @@ class Attention(nnx.Module):
     cache_k, cache_v = constrain(cache_k, _CACHE), constrain(cache_v, _CACHE)  # keep the donated layout
     keys = cache_k[layer, :, :kv_len].astype(q.dtype)
     values = cache_v[layer, :, :kv_len].astype(q.dtype)
-    return self.out(gqa_attention(q, keys, values, mask)), cache_k, cache_v
+    return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk)), cache_k, cache_v
 
 
 class MLP(nnx.Module):
