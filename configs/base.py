@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"
   c.model.remat = False  # recompute each decoder block in the backward pass (large models / long sequences)
+  c.model.attn_chunk = 0  # >0: attention in query blocks of this size (bounded memory for long sequences)
 
   # --- mesh (rods_jax/sharding.py) ---
   c.mesh = ml_collections.ConfigDict()
