@@ -1,0 +1,200 @@
+r"""Throughput benchmarks on the lab model and toolworld tasks, written as one JSON.
+
+  python -m launch.benchmark --suite=rollout --out=docs/benchmark_cpu.json
+  python -m launch.benchmark --suite=all --out=bench.json --tasks=8 --k=8 --repeats=3
+
+rollout: tokens/s of the batched multi-turn engine (one KV cache extended turn by turn, shared-prompt prefill) vs the
+re-prefill-every-step baseline of peers (the same sampler and process, but before every assistant step each row's
+whole conversation is prefilled again from an empty cache, as Tunix does), on the same tasks, model and RNG. Both are
+warmed up first (compilations), then timed ``--repeats`` times each, alternating; medians are reported.
+
+  sampled_tokens_per_s = tokens the policy sampled / rollout wall time
+  tokens_per_s         = trajectory tokens (prompt + sampled + environment) / rollout wall time
+  speedup              = engine sampled_tokens_per_s / baseline sampled_tokens_per_s
+
+train: ``rods_jax.rl.bench.train_benchmark`` (GRPO step tokens/s and MFU vs a matmul peak measured in the same run).
+The policy: ``--checkpoint_dir``, else the lab model after ``--sft_steps`` of supervised warm-up on gold toolworld
+trajectories (``rods_jax.rl.sft``), so that it calls tools, reads results and answers as a lab policy does. With
+``--sft_steps=0`` the weights are random: every message runs to the per-message cap and tools are rarely called, a
+decode-only regime (the least favourable to the engine; its speedup is reported as measured).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from flax import nnx
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("suite", "rollout", ["rollout", "train", "all"], "Which benchmarks to run.")
+flags.DEFINE_string("out", "", "Write the JSON here (also printed).")
+flags.DEFINE_integer("tasks", 8, "B: tasks per rollout batch.")
+flags.DEFINE_integer("k", 8, "K: rollouts per task (B*K rows in one cache).")
+flags.DEFINE_integer("turns", 3, "Use toolworld seed tasks with exactly this many user turns.")
+flags.DEFINE_integer("repeats", 3, "Timed repeats per variant (medians reported).")
+flags.DEFINE_integer("warmup", 1, "Untimed runs per variant first (compilation; same key as the timed runs).")
+flags.DEFINE_string("preset", "lab_tiny", "Model preset (vocab size is the tokenizer's).")
+flags.DEFINE_string("tokenizer_dir", "", "Lab tokenizer directory; empty = build one from the seed split into "
+                    "$TMPDIR/rods_jax_bench_tokenizer.")
+flags.DEFINE_string("checkpoint_dir", "", "Optional HF-layout checkpoint to load instead of random weights.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature of both variants.")
+flags.DEFINE_integer("sft_steps", 150, "Supervised warm-up steps on gold toolworld trajectories before timing, so the "
+                     "policy makes short tool calls and answers like a lab policy (0 = random weights: every message "
+                     "runs to the token cap and tool calls are rare, a decode-only regime).")
+flags.DEFINE_integer("train_batch", 64, "train suite: sequences per step.")
+flags.DEFINE_integer("train_seq", 256, "train suite: tokens per sequence.")
+flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
+
+
+def machine_info() -> dict[str, Any]:
+  devices = jax.devices()
+  return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+          "platform": devices[0].platform, "device_kind": getattr(devices[0], "device_kind", ""),
+          "devices": len(devices), "jax": jax.__version__, "python": platform.python_version()}
+
+
+def _lab_setup(config, tokenizer_dir: str, checkpoint_dir: str, preset: str, seed: int):
+  from rods_jax.envs import make_env
+  from rods_jax.models import Transformer, get_preset, hf_loader
+  from rods_jax.models import lab_tokenizer as lt
+  env = make_env("toolworld", config.env)
+  if checkpoint_dir:
+    model, model_cfg = hf_loader.load_hf_checkpoint(checkpoint_dir)
+    tok = hf_loader.load_tokenizer(checkpoint_dir)
+  else:
+    out = tokenizer_dir if tokenizer_dir else os.path.join(tempfile.gettempdir(), "rods_jax_bench_tokenizer")
+    if os.path.exists(os.path.join(out, "tokenizer.json")):
+      tok = lt.load_lab_tokenizer(out)
+    else:
+      tok = lt.build_lab_tokenizer(out, lt.lab_corpus(env, ("seeds",)), vocab_size=1024)
+    model_cfg = get_preset(preset, vocab_size=len(tok))
+    model = Transformer(model_cfg, rngs=nnx.Rngs(seed))
+  return env, tok, model, model_cfg
+
+
+def _warm_up(model, env, tok, config, steps: int, seed: int):
+  """``steps`` of supervised warm-up on re-randomised toolworld seeds (rods_jax.rl.sft); returns (model, info)."""
+  from rods_jax.rl import sft
+  from rods_jax.rollout.engine import stop_token_ids
+  from rods_jax.rollout.render import ChatRenderer
+  trainer = sft.SFTTrainer(model, config.sft, config.optim)
+  stop_id = stop_token_ids(tok, tuple(config.rollout.stop_strings))[0]
+  batch_fn = sft.task_sampler(env, env.load_tasks("seeds"), ChatRenderer(tok), stop_id, config, seed)
+  result = sft.run_sft(trainer, batch_fn, steps)
+  last = result.history[-1] if result.history else {}
+  return trainer.model(), {"sft_steps": steps, "sft_final_loss": float(last.get("loss", float("nan")))}
+
+
+def _summary(batch, wall: float) -> dict[str, float]:
+  sampled = int(batch.loss_mask.sum())
+  return {"wall_s": wall, "sampled_tokens": sampled, "trajectory_tokens": int(batch.lengths.sum()),
+          "sampled_tokens_per_s": sampled / wall, "tokens_per_s": float(batch.lengths.sum()) / wall,
+          **{f"{k}_s": float(v) for k, v in batch.timings.items() if k != "total"},
+          "prefill_tokens": int(batch.stats["prefill_tokens"]), "decode_steps": int(batch.stats["decode_steps"])}
+
+
+def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, warmup: int, preset: str,
+                      tokenizer_dir: str, checkpoint_dir: str, temperature: float, seed: int,
+                      sft_steps: int = 0) -> dict[str, Any]:
+  """Engine vs re-prefill baseline on B=tasks x K rows of ``turns``-turn toolworld seed tasks (module docstring)."""
+  from rods_jax.rollout.engine import MultiTurnEngine
+  from rods_jax.rollout.render import ChatRenderer
+  from rods_jax.rollout.sampling import SamplingParams
+  if repeats < 1 or warmup < 0 or tasks < 1 or k < 1:
+    raise ValueError(f"--repeats={repeats}, --tasks={tasks}, --k={k} must be >= 1 and --warmup={warmup} >= 0")
+  env, tok, model, model_cfg = _lab_setup(config, tokenizer_dir, checkpoint_dir, preset, seed)
+  policy_info = {"sft_steps": 0}
+  if sft_steps and not checkpoint_dir:
+    model, policy_info = _warm_up(model, env, tok, config, sft_steps, seed)
+    logging.info("warm-up: %s", policy_info)
+  pool = [t for t in env.load_tasks("seeds") if t.num_turns == turns]
+  if len(pool) < tasks:
+    raise ValueError(f"--turns={turns}: only {len(pool)} seed tasks have {turns} turns, --tasks={tasks} requested")
+  chosen = pool[:tasks]
+  graphdef, params = nnx.split(model)
+  engine = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), config.rollout, model_cfg)
+  sampling = SamplingParams(temperature=temperature, top_p=float(config.rollout.top_p),
+                            top_k=int(config.rollout.top_k))
+  rng = jax.random.key(seed)
+  runs = {"engine": [], "reprefill": []}
+
+  def run(name: str):
+    # The same key every time: identical trajectories, so the warm-up compiles every shape the timed runs meet and
+    # both variants do the same work (steady state, as in training where the few bucketed shapes recur every step).
+    batch = engine.rollout(params, env, chosen, k, rng, sampling=sampling, reprefill=name == "reprefill")
+    return batch, float(batch.timings["total"])
+
+  for _ in range(warmup):
+    for name in runs:
+      run(name)
+  for i in range(repeats):  # alternate, so load changes on a shared machine hit both variants alike
+    for name in runs:
+      batch, wall = run(name)
+      runs[name].append(_summary(batch, wall))
+      logging.info("%s repeat %d: %.1f sampled tok/s (%.2f s)", name, i, runs[name][-1]["sampled_tokens_per_s"], wall)
+
+  med = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in runs.items()}
+  policy_info.update({  # what the timed trajectories looked like (identical for both variants)
+      "mean_assistant_messages": float(np.mean([sum(m["role"] == "assistant" for m in ms) for ms in batch.messages])),
+      "mean_calls": float(batch.n_calls.mean()), "mean_reward": float(batch.rewards.mean()),
+      "truncated_frac": float(batch.truncated.mean()), "mean_length": float(batch.lengths.mean())})
+  return {
+      "engine_tokens_per_s": med["engine"]["sampled_tokens_per_s"],
+      "reprefill_tokens_per_s": med["reprefill"]["sampled_tokens_per_s"],
+      "speedup": med["engine"]["sampled_tokens_per_s"] / med["reprefill"]["sampled_tokens_per_s"],
+      "engine_trajectory_tokens_per_s": med["engine"]["tokens_per_s"],
+      "reprefill_trajectory_tokens_per_s": med["reprefill"]["tokens_per_s"],
+      "engine": med["engine"], "reprefill": med["reprefill"], "repeats": {n: rs for n, rs in runs.items()},
+      "setup": {"tasks": tasks, "k": k, "rows": tasks * k, "turns": turns, "preset": preset,
+                "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))), "vocab": model_cfg.vocab_size,
+                "temperature": temperature, "checkpoint": checkpoint_dir, "policy": policy_info,
+                "max_tokens_per_message": int(config.rollout.max_tokens_per_message),
+                "max_trajectory_tokens": int(config.rollout.max_trajectory_tokens),
+                "kv_bucket": int(config.rollout.kv_bucket), "prefill_bucket": int(config.rollout.prefill_bucket)},
+  }
+
+
+def train_suite(config, *, preset: str, vocab: int, batch: int, seq: int, repeats: int, warmup: int,
+                seed: int) -> dict[str, Any]:
+  """The RL engineer's train-step benchmark, if rods_jax.rl.bench provides it."""
+  try:
+    from rods_jax.rl.bench import train_benchmark
+  except ImportError as e:
+    return {"skipped": f"rods_jax.rl.bench.train_benchmark is not importable ({e})"}
+  from rods_jax.models import get_preset
+  return train_benchmark(get_preset(preset, vocab_size=vocab), batch, seq, repeats, warmup=max(warmup, 1),
+                         grpo_cfg=None, optim_cfg=config.optim, rods_cfg=config.rods, seed=seed)
+
+
+def main(argv):
+  del argv
+  from configs import base
+  config = base.get_config()
+  result: dict[str, Any] = {"machine": machine_info()}
+  vocab = 1024
+  if FLAGS.suite in ("rollout", "all"):
+    result["rollout"] = rollout_benchmark(
+        config, tasks=FLAGS.tasks, k=FLAGS.k, turns=FLAGS.turns, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
+        preset=FLAGS.preset, tokenizer_dir=FLAGS.tokenizer_dir, checkpoint_dir=FLAGS.checkpoint_dir,
+        temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps)
+    vocab = result["rollout"]["setup"]["vocab"]
+  if FLAGS.suite in ("train", "all"):
+    result["train"] = train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch,
+                                  seq=FLAGS.train_seq, repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)
+  text = json.dumps(result, indent=1, default=float)
+  print(text)
+  if FLAGS.out:
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
