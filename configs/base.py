@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.temperature = 1.0  # trainer log-probs use log softmax(z/τ): keep equal to rollout.temperature
   c.grpo.zero_std_tol = 1e-6
   c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
+  c.grpo.logit_chunk = 0  # >0: LM head + log-softmax this many positions at a time, rematerialised (big vocabularies)
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
 
   # --- optimizer ---
@@ -104,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft.grad_clip = 1.0  # global-norm clip of the warm-up (lab prototype: 1.0)
   c.sft.rerandomize = True  # toolworld: re-draw each seed's world every time it is sampled (anti-memorisation, §5)
   c.sft.eval_tasks = 64  # seeds (canonical worlds) rolled out K times at each zone evaluation
+  c.sft.logit_chunk = 0  # as grpo.logit_chunk
 
   # --- RODS (rods_jax/rods) ---
   c.rods = ml_collections.ConfigDict()

@@ -175,12 +175,12 @@ def prepare(batch: TrainBatch, cfg, alpha_low: float, alpha_high: float) -> Prep
 
 
 def forward_logps(graphdef: nnx.GraphDef, params: nnx.State, rows: dict[str, jnp.ndarray],
-                  temperature: float) -> jnp.ndarray:
+                  temperature: float, chunk: int = 0) -> jnp.ndarray:
   """Log-probs of rows laid out [..., mb, T], one micro-batch forward at a time (no gradient)."""
   shape = rows["tokens"].shape
   flat = {key: rows[key].reshape((-1,) + shape[-2:]) for key in ("tokens", "valid")}
-  out = jax.lax.map(lambda r: logprobs.token_scores(graphdef, params, r["tokens"], r["valid"], temperature).logps,
-                    flat)
+  out = jax.lax.map(lambda r: logprobs.token_scores(graphdef, params, r["tokens"], r["valid"], temperature,
+                                                    chunk).logps, flat)
   return jax.lax.stop_gradient(out.reshape(shape))
 
 
@@ -188,7 +188,8 @@ def micro_loss(params: nnx.State, graphdef: nnx.GraphDef, r: dict[str, jnp.ndarr
                ) -> tuple[jnp.ndarray, losses.LossOutput]:
   """(Σ loss, LossOutput) of one micro-batch r (arrays [mb, ...]). Uses r["old"] / r["ref"] when present, else
   the current log-probs under stop_gradient (on-policy: ratio ≡ 1; no reference: KL ≡ 0)."""
-  scores = logprobs.token_scores(graphdef, params, r["tokens"], r["valid"], float(cfg.temperature))
+  scores = logprobs.token_scores(graphdef, params, r["tokens"], r["valid"], float(cfg.temperature),
+                                 int(cfg.logit_chunk))
   logps = scores.logps
   old = r["old"] if "old" in r else jax.lax.stop_gradient(logps)
   ref = r["ref"] if "ref" in r else jax.lax.stop_gradient(logps)
@@ -239,9 +240,9 @@ def train_step(graphdef: nnx.GraphDef, state: LearnerState, batch: TrainBatch, *
   if cfg.kl_coef != 0:
     if state.ref_params is None:
       raise ValueError("config.grpo.kl_coef != 0 but the learner state has no ref_params")
-    rows["ref"] = forward_logps(graphdef, state.ref_params, rows, float(cfg.temperature))
+    rows["ref"] = forward_logps(graphdef, state.ref_params, rows, float(cfg.temperature), int(cfg.logit_chunk))
   if cfg.updates_per_batch > 1:  # behaviour policy = params before this batch's first update
-    rows["old"] = forward_logps(graphdef, state.params, rows, float(cfg.temperature))
+    rows["old"] = forward_logps(graphdef, state.params, rows, float(cfg.temperature), int(cfg.logit_chunk))
 
   def one_update(carry, xs):
     params, opt_state, step = carry
@@ -317,7 +318,8 @@ class GRPOLearner:
   """
 
   def __init__(self, model: nnx.Module, optim_cfg, grpo_cfg, rods_cfg, mesh: Mesh | None = None):
-    for name in ("advantage", "loss", "micro_batch", "updates_per_batch", "kl_coef", "temperature", "zero_std_tol"):
+    for name in ("advantage", "loss", "micro_batch", "updates_per_batch", "kl_coef", "temperature", "zero_std_tol",
+                 "logit_chunk"):
       if name not in grpo_cfg:
         raise ValueError(f"config.grpo is missing field {name!r}")
     advantages_lib.get_advantage(grpo_cfg.advantage)  # fail early on unknown names

@@ -38,7 +38,31 @@ def shifted_scores(logits: jnp.ndarray, tokens: jnp.ndarray, temperature: float)
 
 
 def token_scores(graphdef: nnx.GraphDef, params: nnx.State, tokens: jnp.ndarray, valid: jnp.ndarray,
-                 temperature: float = 1.0) -> TokenScores:
-  """Full forward of ``nnx.merge(graphdef, params)`` over [N, T] and the shifted per-token scores. Jit-friendly."""
-  logits = forward_fn(graphdef, params, tokens, positions_from_valid(valid), valid)
-  return shifted_scores(logits, tokens, temperature)
+                 temperature: float = 1.0, chunk: int = 0) -> TokenScores:
+  """Full forward of ``nnx.merge(graphdef, params)`` over [N, T] and the shifted per-token scores. Jit-friendly.
+
+  ``chunk`` > 0 computes the LM head, log-softmax and entropy ``chunk`` positions at a time under ``jax.checkpoint``
+  (lax.scan), so neither the forward nor the backward ever holds the full [N, T, V] logits — at a 152k vocabulary
+  they dominate memory. Same values as ``chunk`` = 0.
+  """
+  if chunk <= 0:
+    logits = forward_fn(graphdef, params, tokens, positions_from_valid(valid), valid)
+    return shifted_scores(logits, tokens, temperature)
+  model = nnx.merge(graphdef, params)
+  hidden = model.hidden(tokens, positions_from_valid(valid), valid)[:, :-1]  # position t−1 predicts token t
+  targets = tokens[:, 1:].astype(jnp.int32)
+  n, t1, d = hidden.shape
+  n_chunks = -(-t1 // chunk)
+  pad = n_chunks * chunk - t1
+  hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(n, n_chunks, chunk, d).swapaxes(0, 1)
+  targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(n, n_chunks, chunk).swapaxes(0, 1)
+
+  @jax.checkpoint
+  def one(h, y):
+    lp = jax.nn.log_softmax(model.logits(h).astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(lp, y[..., None], axis=-1)[..., 0], -jnp.sum(jnp.exp(lp) * lp, axis=-1)
+
+  _, (picked, ent) = jax.lax.scan(lambda c, xs: (c, one(*xs)), None, (hidden, targets))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(n, n_chunks * chunk)[:, :t1]  # noqa: E731
+  front = jnp.zeros((n, 1), jnp.float32)
+  return TokenScores(jnp.concatenate([front, unchunk(picked)], axis=1), jnp.concatenate([front, unchunk(ent)], axis=1))

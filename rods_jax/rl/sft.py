@@ -115,15 +115,17 @@ def pad_batch(examples: Sequence[SFTExample], seq_len: int) -> SFTBatch:
 # the step
 # ----------------------------------------------------------------------------------------------------------------------
 def sft_optimizer_config(sft_cfg, optim_cfg) -> dict[str, Any]:
-  """AdamW settings of the warm-up: lr / warm-up / weight decay / clip from config.sft, betas from config.optim."""
+  """Step settings of the warm-up: lr / warm-up / weight decay / clip / logit_chunk from config.sft, betas from
+  config.optim."""
   return dict(lr=float(sft_cfg.lr), warmup_steps=int(sft_cfg.warmup_steps), weight_decay=float(sft_cfg.weight_decay),
-              grad_clip=float(sft_cfg.grad_clip), b1=float(optim_cfg.b1), b2=float(optim_cfg.b2))
+              grad_clip=float(sft_cfg.grad_clip), b1=float(optim_cfg.b1), b2=float(optim_cfg.b2),
+              logit_chunk=int(sft_cfg.logit_chunk))
 
 
 def sft_loss(params: nnx.State, graphdef: nnx.GraphDef, tokens: jnp.ndarray, loss_mask: jnp.ndarray,
-             valid: jnp.ndarray) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+             valid: jnp.ndarray, logit_chunk: int = 0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """Token-mean NLL over the assistant tokens: L = −Σ_{n,t} m_nt log p(x_nt | x_<t) / Σ m_nt (m_n0 ignored)."""
-  scores = logprobs.token_scores(graphdef, params, tokens, valid)
+  scores = logprobs.token_scores(graphdef, params, tokens, valid, 1.0, logit_chunk)
   m = (loss_mask & valid).at[:, 0].set(False).astype(jnp.float32)
   count = jnp.maximum(jnp.sum(m), 1.0)
   nll = -jnp.sum(scores.logps * m) / count
@@ -138,7 +140,8 @@ def sft_step(graphdef: nnx.GraphDef, state: SFTState, tokens: jnp.ndarray, loss_
   ``sft_optimizer_config``)."""
   ocfg = learner_lib.FrozenConfig(dict(optim))
   optimizer = learner_lib.make_optimizer(ocfg)
-  (_, metrics), grads = jax.value_and_grad(sft_loss, has_aux=True)(state.params, graphdef, tokens, loss_mask, valid)
+  (_, metrics), grads = jax.value_and_grad(sft_loss, has_aux=True)(state.params, graphdef, tokens, loss_mask, valid,
+                                                                   int(ocfg.logit_chunk))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.global_norm(grads)
@@ -150,7 +153,7 @@ class SFTTrainer:
   """Holds the SFT state; ``step(batch)`` runs the jitted ``sft_step``. Takes ownership of ``model``'s arrays."""
 
   def __init__(self, model: nnx.Module, sft_cfg, optim_cfg, mesh: Mesh | None = None):
-    for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "batch_size", "seq_len"):
+    for name in ("lr", "warmup_steps", "weight_decay", "grad_clip", "batch_size", "seq_len", "logit_chunk"):
       if name not in sft_cfg:
         raise ValueError(f"config.sft is missing field {name!r}")
     self.mesh = mesh
