@@ -57,8 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.top_k = 0  # 0 = off
   c.rollout.max_steps_per_turn = 5
   c.rollout.max_tokens_per_message = 48
-  c.rollout.max_trajectory_tokens = 320  # token budget per trajectory; past it the row is truncated
-  c.rollout.cache_capacity = 384  # KV slots per row (>= max_trajectory_tokens + one prefill chunk)
+  c.rollout.max_trajectory_tokens = 512  # token budget per trajectory; past it the row is truncated (lab: 0.3 % of gold > 512)
+  c.rollout.cache_capacity = 576  # KV slots per row (>= max_trajectory_tokens + one prefill chunk)
   c.rollout.kv_bucket = 64  # attention length is rounded up to a multiple of this
   c.rollout.prefill_bucket = 32  # incremental-prefill width is rounded up to a multiple of this (few compilations)
   c.rollout.stop_strings = ("<|im_end|>",)  # single-token stops besides EOS; add "</tool_call>" to stop after a call
@@ -93,12 +93,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- supervised warm-up (rods_jax/rl/sft.py) ---
   c.sft = ml_collections.ConfigDict()
-  c.sft.steps = 0  # 0 = skip (real checkpoints); the lab sets this
+  c.sft.steps = 600  # lab warm-up from scratch; 0 = skip (real checkpoints: the paper scale sets 0)
   c.sft.batch_size = 32
   c.sft.lr = 1e-3
   c.sft.warmup_steps = 100
   c.sft.weight_decay = 0.01
-  c.sft.seq_len = 320
+  c.sft.seq_len = 512
   c.sft.eval_every = 50
   c.sft.select_by_zones = True  # keep the checkpoint with the largest seed boundary fraction (DESIGN §5)
   c.sft.init_checkpoint = ""  # start GRPO from this warm-up checkpoint directory instead of running SFT

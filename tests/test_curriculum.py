@@ -165,3 +165,36 @@ def test_static_pool_is_built_once_then_frozen(tmp_path):
   assert sorted(cur.buffer.active_ids()) == pool  # frozen: no injection, burn-in or retirement
   assert cur.buffer.counters["requested"] == requested  # no synthesis during training
   assert sum(m.get("epoch/evicted", 0) for m in logs) == 0
+
+
+def test_two_hosts_stay_identical_when_the_primary_shares_its_outcomes(tmp_path, monkeypatch):
+  import rods_jax.rods.curriculum as cur_mod
+  rods, syn = configs(process=False)
+  seeds = seed_tasks(16, np.random.default_rng(7))
+  mailbox = []
+
+  def primary_share(outs):  # stands in for the broadcast from process 0
+    mailbox.append(list(outs))
+    return outs
+
+  def secondary_share(outs):
+    assert outs == []
+    return mailbox.pop(0)
+
+  monkeypatch.setattr(cur_mod, "jax_process_index", lambda: 1)
+  p = Curriculum(seeds, rods, syn, str(tmp_path / "p"), variant_factory, "synthesize", seed=3, share=primary_share)
+  s = Curriculum(seeds, rods, syn, str(tmp_path / "s"), variant_factory, "synthesize", seed=3, primary=False,
+                 share=secondary_share)
+  assert s.client is None
+  rp, rs = np.random.default_rng(8), np.random.default_rng(8)
+  for step in range(40):
+    a, b = p.next_tasks(6), s.next_tasks(6)
+    assert [t.id for t in a.tasks] == [t.id for t in b.tasks]
+    p.after_update(a, fake_stats(a.tasks, step, rp), step)
+    s.after_update(b, fake_stats(b.tasks, step, rs), step)
+  assert p.buffer.counters["injected"] > 0
+  assert json.dumps(p.buffer.state_dict()["generated"]) == json.dumps(s.buffer.state_dict()["generated"])
+  assert os.path.exists(tmp_path / "s" / "candidates.jsonl.host1")
+  events = [json.loads(x) for x in open(tmp_path / "p" / "pool_events.jsonl")]
+  assert {"first_obs", "injected"} <= {e["event"] for e in events}
+  assert not os.path.exists(tmp_path / "s" / "pool_events.jsonl")

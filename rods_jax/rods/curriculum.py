@@ -13,6 +13,7 @@ worker, epochs only reshuffle); ``rods.seed_selection`` = boundary | uniform; ``
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -23,9 +24,17 @@ from rods_jax.envs.task import Lineage, Task
 from rods_jax.rods import observability
 from rods_jax.rods.buffer import ReplayBuffer, Sample
 from rods_jax.rods.selector import SeedSelector
+from rods_jax.rods.queues import Outcome
 from rods_jax.rods.synth_process import SynthClient
 
+
+def jax_process_index() -> int:
+  """This host's index without importing jax at module load (the worker process never needs jax)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
 CANDIDATE_LOG = "candidates.jsonl"
+EVENT_LOG = "pool_events.jsonl"  # one line per lifecycle event (first observation, injection, eviction, retirement)
 
 
 class Curriculum:
@@ -40,19 +49,31 @@ class Curriculum:
       ``rods_cfg.synthesis`` is False.
     mode: "synthesize" | "perturb".
     seed: base seed of the buffer, selector and worker RNGs.
+    primary: this host runs the synthesizer and writes the logs (multi-host: process 0).
+    share: multi-host only: ``share(outcomes) -> outcomes``, the primary's drained outcomes on every host (a
+      broadcast), so every host stages the same tasks at the same step and the pools stay identical.
   """
 
   def __init__(self, seeds: Sequence[Task], rods_cfg, synthesis_cfg, workdir: str,
-               synth_factory: Callable[[], Any] | None, mode: str, seed: int):
+               synth_factory: Callable[[], Any] | None, mode: str, seed: int, *, primary: bool = True,
+               share: Callable[[list[Outcome]], list[Outcome]] | None = None):
     self.synthesis = bool(rods_cfg.synthesis)
     self.dynamic = bool(rods_cfg.dynamic)
     if self.synthesis and synth_factory is None:
       raise ValueError("config.rods.synthesis=True needs a synthesizer factory")
-    self.buffer = ReplayBuffer(seeds, rods_cfg, os.path.join(workdir, CANDIDATE_LOG), seed=seed)
+    if not primary and share is None:
+      raise ValueError("a non-primary host needs share= to receive the primary's synthesized tasks")
+    self.primary = primary
+    self._share = share
+    # Every host keeps a buffer (identical decisions); only the primary's log is the crash log that matters, the
+    # others keep their own copy so each host can restore from local disk.
+    log_name = CANDIDATE_LOG if primary else f"{CANDIDATE_LOG}.host{jax_process_index()}"
+    self.buffer = ReplayBuffer(seeds, rods_cfg, os.path.join(workdir, log_name), seed=seed)
     self.selector = SeedSelector(rods_cfg, seed=seed + 1)
-    self.client = SynthClient(synth_factory, synthesis_cfg, seed=seed + 2, mode=mode) if self.synthesis else None
+    self.client = (SynthClient(synth_factory, synthesis_cfg, seed=seed + 2, mode=mode)
+                   if self.synthesis and primary else None)
     self.failures: dict[str, int] = {}
-    self._first_rbars: list[float] = []
+    self._events_path = os.path.join(workdir, EVENT_LOG) if primary else ""
 
   # ------------------------------------------------------------------------------------------ per step
   def next_tasks(self, n: int) -> Sample:
@@ -61,11 +82,22 @@ class Curriculum:
   def observe(self, task_ids: Sequence[str], stats: Any, step: int) -> list[float]:
     """Records each task's r̄; returns the r̄ of generated tasks observed for the first time."""
     mean = np.asarray(stats.mean, np.float64).reshape(-1)
-    firsts = []
+    firsts, events = [], []
     for tid, r in zip(task_ids, mean):
       if self.buffer.observe(tid, float(np.clip(r, 0.0, 1.0)), step):
         firsts.append(float(r))
+        t = self.buffer.get(tid)
+        events.append({"event": "first_obs", "id": tid, "rbar": float(r), "parent": t.lineage.parent_id,
+                       "origin": t.lineage.origin, "category": t.category, "birth_step": t.lineage.birth_step})
+    self._log_events(step, events)
     return firsts
+
+  def _log_events(self, step: int, events: list[dict[str, Any]]) -> None:
+    if not self._events_path or not events:
+      return
+    with open(self._events_path, "a", encoding="utf-8") as f:
+      for e in events:
+        f.write(json.dumps({"step": int(step), "epoch": self.buffer.epoch, **e}) + "\n")
 
   def after_update(self, sample: Sample, stats: Any, step: int, *, lifecycle: bool | None = None) -> dict[str, Any]:
     """Observation, selection, synthesis traffic and (at the end of an epoch) the lifecycle; returns metrics."""
@@ -78,7 +110,7 @@ class Curriculum:
       metrics["synth/first_rbar_n"] = len(firsts)
     metrics.update(self.exchange(ids, cats, stats, step))
     if sample.epoch_end:
-      metrics.update(self.end_epoch(lifecycle))
+      metrics.update(self.end_epoch(lifecycle, step))
     metrics.update(self.buffer.composition())
     metrics["epoch"] = self.buffer.epoch
     return metrics
@@ -86,22 +118,31 @@ class Curriculum:
   def exchange(self, ids: Sequence[str], cats: Sequence[str], stats: Any, step: int) -> dict[str, Any]:
     """Seed selection → requests, and draining validated tasks into staging (never waits on the worker)."""
     out: dict[str, Any] = {}
-    if self.client is None or not self.dynamic:
+    if not self.synthesis or not self.dynamic:
       return out
-    seeds = self.selector.select(ids, cats, stats, step)
+    seeds = self.selector.select(ids, cats, stats, step)  # same decision on every host
     self.buffer.count("requested", len(seeds))
-    dropped = self.client.submit([self.buffer.get(s) for s in seeds])
     out["synth/seeds_sent"] = len(seeds)
-    out["synth/requests_dropped"] = dropped
+    if self.client is not None:
+      out["synth/requests_dropped"] = self.client.submit([self.buffer.get(s) for s in seeds])
     out.update(self.drain(step))
     return out
 
   def drain(self, step: int) -> dict[str, Any]:
-    poll = self.client.poll()
-    staged = self._stage_outcomes(poll.outcomes, step)
-    out = {"synth/staged_now": staged, "synth/drain_s": poll.drain_s, "synth/would_wait_s": poll.would_wait_s,
-           "synth/restarts": self.client.stats.restarts, "synth/dropped_total": self.client.stats.dropped}
-    out.update(self.client.depths())
+    """Stages what the worker finished (the primary polls; other hosts receive the same outcomes)."""
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    outcomes: list[Outcome] = []
+    if self.client is not None:
+      poll = self.client.poll()
+      outcomes = poll.outcomes
+      out.update({"synth/would_wait_s": poll.would_wait_s, "synth/restarts": self.client.stats.restarts,
+                  "synth/dropped_total": self.client.stats.dropped})
+      out.update(self.client.depths())
+    if self._share is not None:
+      outcomes = self._share(outcomes)
+    out["synth/staged_now"] = self._stage_outcomes(outcomes, step)
+    out["synth/drain_s"] = time.perf_counter() - t0
     out.update(observability.funnel_metrics(self.buffer.counters, self.failures))
     return out
 
@@ -131,9 +172,17 @@ class Curriculum:
     return task.replace(lineage=Lineage(origin=origin, parent_id=seed_id or task.lineage.parent_id,
                                         generation=parent_gen + 1, birth_step=int(step)))
 
-  def end_epoch(self, lifecycle: bool | None = None) -> dict[str, Any]:
+  def end_epoch(self, lifecycle: bool | None = None, step: int = -1) -> dict[str, Any]:
     lifecycle = (self.synthesis and self.dynamic) if lifecycle is None else lifecycle
-    return observability.epoch_metrics(self.buffer.end_epoch(lifecycle=lifecycle))
+    rep = self.buffer.end_epoch(lifecycle=lifecycle)
+    events = []
+    for kind in ("injected", "evicted", "retired_mastered", "retired_unsolvable", "retired_stale", "pruned"):
+      for tid in getattr(rep, kind):
+        hist = self.buffer.history(tid)
+        events.append({"event": kind, "id": tid, "rbar": hist[-1][1] if hist else None,
+                       "first_rbar": hist[0][1] if hist else None, "n_obs": len(hist)})
+    self._log_events(step, events)
+    return observability.epoch_metrics(rep)
 
   # ------------------------------------------------------------------------------------------ static pool
   def build_static_pool(self, group_stats_fn: Callable[[list[Task]], Any], batch_size: int, size: int,
@@ -143,8 +192,10 @@ class Curriculum:
 
     ``group_stats_fn(tasks)`` rolls the tasks out (no update) and returns their GroupStats.
     """
-    if self.client is None:
+    if not self.synthesis:
       raise ValueError("build_static_pool needs config.rods.synthesis=True")
+    if self.client is None:
+      raise NotImplementedError("static_pool is built on one host; run it single-host, then resume multi-host")
     t0 = time.perf_counter()
     seeds = self.buffer.active_ids()
     passes = 0

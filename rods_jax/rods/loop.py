@@ -90,17 +90,15 @@ def build_tokenizer(config, workdir: str):
   if config.model.preset != "lab_tiny":
     raise ValueError(f"config.model.preset={config.model.preset!r} from scratch needs config.model.tokenizer_dir "
                      f"(only lab_tiny builds its own tokenizer)")
-  from rods_jax.envs.toolworld import tokenizer as lab_tokenizer  # pylint: disable=g-import-not-at-top
-  out = os.path.join(workdir, "tokenizer")
-  if not os.path.exists(os.path.join(out, "tokenizer.json")):
-    lab_tokenizer.build_lab_tokenizer(out)
-  return hf_loader.load_tokenizer(out)
+  from rods_jax.models import lab_tokenizer  # pylint: disable=g-import-not-at-top
+  # Built once per workdir (reused on resume); only lab_tiny from scratch needs it.
+  return lab_tokenizer.build_default_lab_tokenizer(os.path.join(workdir, "tokenizer"), config.env)
 
 
 def build_model(config, tokenizer, mesh, init_dir: str = ""):
   """(model, ModelConfig): from ``init_dir`` / ``model.checkpoint_dir`` (HF layout) or the preset from scratch."""
   from rods_jax.models import Transformer, get_preset, hf_loader  # pylint: disable=g-import-not-at-top
-  path = init_dir or config.model.checkpoint_dir
+  path = init_dir if init_dir else str(config.model.checkpoint_dir)
   if path:
     return hf_loader.load_hf_checkpoint(path, mesh=mesh, dtype=config.model.dtype,
                                         param_dtype=config.model.param_dtype)
@@ -109,7 +107,7 @@ def build_model(config, tokenizer, mesh, init_dir: str = ""):
   return Transformer(cfg, rngs=nnx.Rngs(int(config.seed))), cfg
 
 
-def warm_start_dir(config, workdir: str, env, tokenizer, mesh) -> str:
+def warm_start_dir(config, workdir: str, env, tokenizer, mesh, seeds: Sequence[Any]) -> str:
   """The HF-layout directory GRPO starts from: ``sft.init_checkpoint``, or the supervised warm-up run now into
   ``<workdir>/warmup`` (``sft.steps`` > 0; kept across restarts), or "" (start from the model as built)."""
   if config.sft.init_checkpoint:
@@ -121,7 +119,22 @@ def warm_start_dir(config, workdir: str, env, tokenizer, mesh) -> str:
     return out
   from rods_jax.rl import sft  # pylint: disable=g-import-not-at-top
   model, model_cfg = build_model(config, tokenizer, mesh)
-  sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh)  # writes the selected checkpoint to `out`
+  # Writes the zone-selected checkpoint (HF layout + tokenizer) to `out`.
+  sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh, tasks=list(seeds))
+  return out
+
+
+def limit_seeds(seeds: Sequence[Any], n: int) -> list:
+  """The first ``n`` tasks taken round-robin over categories (in split order), so a small subset keeps the mix."""
+  by_cat: dict[str, list] = {}
+  for t in seeds:
+    by_cat.setdefault(t.category, []).append(t)
+  out, i = [], 0
+  while len(out) < min(n, len(seeds)):
+    for cat in by_cat:
+      if i < len(by_cat[cat]) and len(out) < n:
+        out.append(by_cat[cat][i])
+    i += 1
   return out
 
 
@@ -140,16 +153,21 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   ckpt = ckpt_lib.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), config.checkpoint)
   restored_step = ckpt.latest_step()
   # A resumed run restores its own weights; the warm-up only decides the architecture / start point once.
-  init_dir = warm_start_dir(config, workdir, env, tokenizer, mesh)
+  seeds = env.load_tasks(config.env.seed_split)
+  if int(config.rods.seed_limit) > 0:
+    seeds = limit_seeds(seeds, int(config.rods.seed_limit))
+  init_dir = warm_start_dir(config, workdir, env, tokenizer, mesh, seeds)
   model, model_cfg = build_model(config, tokenizer, mesh, init_dir)
   learner = GRPOLearner(model, config.optim, config.grpo, config.rods, mesh)
   engine = MultiTurnEngine(learner.graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg)
-  seeds = env.load_tasks(config.env.seed_split)
-  test_tasks = env.load_tasks(config.env.test_split)[:int(config.train.eval_max_tasks)]
+  # Round-robin over categories, so a capped evaluation still covers every category equally.
+  test_tasks = limit_seeds(env.load_tasks(config.env.test_split), int(config.train.eval_max_tasks))
   if config.rods.synthesis and synth_factory is None:
     synth_factory = pipeline_factory(config, synthesis_mode(config))
+  multihost = jax.process_count() > 1
   cur = Curriculum(seeds, config.rods, config.synthesis, workdir, synth_factory if config.rods.synthesis else None,
-                   synthesis_mode(config), seed=int(config.seed))
+                   synthesis_mode(config), seed=int(config.seed), primary=jax.process_index() == 0,
+                   share=broadcast_outcomes if multihost else None)
   writer = metrics_lib.MetricWriter(workdir, config.logging)
   rng = jax.random.key(int(config.seed))
   every = int(config.train.eval_every_trajectories)
@@ -162,6 +180,22 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   else:
     writer.write_config(config)
   return parts
+
+
+def broadcast_outcomes(outcomes: list) -> list:
+  """Multi-host: process 0's drained synthesizer outcomes on every process (JSON bytes, two broadcasts)."""
+  import base64  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from rods_jax.rods.queues import Outcome  # pylint: disable=g-import-not-at-top
+  payload = json.dumps([[o.request_id, o.seed_id, None if o.record is None else base64.b64encode(
+      o.record.tobytes()).decode("ascii"), o.failure, o.seconds] for o in outcomes]).encode("utf-8")
+  n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(payload), np.int64)))
+  buf = np.zeros((n,), np.uint8)
+  if jax.process_index() == 0:
+    buf[:] = np.frombuffer(payload, np.uint8)
+  data = np.asarray(multihost_utils.broadcast_one_to_all(buf)).tobytes()
+  return [Outcome(int(r), str(s), None if rec is None else np.frombuffer(base64.b64decode(rec), np.uint8).copy(),
+                  str(f), float(t)) for r, s, rec, f, t in json.loads(data.decode("utf-8"))]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -186,7 +220,10 @@ def restore(parts: Parts) -> None:
   sharding = getattr(ls.step, "sharding", None)
   parts.learner.state = ls._replace(step=jax.device_put(updates, sharding) if sharding is not None else updates,
                                     params=r.state.params, opt_state=r.state.opt_state, ref_params=r.state.ref_params)
-  parts.rng = r.state.rng
+  # Through host memory: a restored key is committed to one device, and mixing it with mesh-placed params in the
+  # engine's jitted decode would be a device mismatch; a fresh host key is uncommitted, like the original.
+  parts.rng = jax.random.wrap_key_data(np.asarray(jax.random.key_data(r.state.rng)),
+                                       impl=jax.random.key_impl(r.state.rng))
   parts.state = LoopState(**r.host_state["loop"])
   parts.seen = set(r.host_state["seen"])
   parts.curriculum.load_state_dict(r.host_state["curriculum"])
@@ -276,7 +313,7 @@ def evaluate(parts: Parts, rng: jax.Array) -> dict[str, float]:
   c = parts.config
   k = int(c.train.eval_k)
   sampling = SamplingParams(temperature=0.0) if k == 1 else None
-  chunk = max(1, int(c.rollout.tasks_per_step) * int(c.rollout.k) // k)
+  chunk = int(c.rollout.tasks_per_step)  # the training prompt batch: its prefill is already compiled
   succ, prog, cats = [], [], []
   for i in range(0, len(parts.test_tasks), chunk):
     tasks = parts.test_tasks[i:i + chunk]
@@ -319,13 +356,13 @@ def train_step(parts: Parts) -> dict[str, Any]:
   learner_metrics, stats = parts.learner.step(batch)
   timings["update"] = time.perf_counter() - t0
   t0 = time.perf_counter()
-  step = parts.state.step
+  step = parts.state.step + 1  # the number of the step being completed (metrics, events and history agree)
   m.update(parts.curriculum.after_update(trained, stats, step))
   timings["curriculum"] = time.perf_counter() - t0
   timings["synthesis_wait"] = float(m.get("synth/drain_s", 0.0))
   for t in trained.tasks:
     parts.seen.add(t.id)
-  parts.state = parts.state._replace(step=step + 1, trajectories=parts.state.trajectories + consumed,
+  parts.state = parts.state._replace(step=step, trajectories=parts.state.trajectories + consumed,
                                      distinct_tasks=len(parts.seen))
   m.update({f"grpo/{k}": v for k, v in learner_metrics.items()})
   m.update(rollout_metrics(batch))
@@ -357,16 +394,17 @@ def maybe_evaluate(parts: Parts, force: bool = False) -> dict[str, float] | None
 
 
 def train(config, workdir: str, synth_factory: Callable[[], Any] | None = None,
-          max_steps: int | None = None) -> LoopState:
+          max_steps: int | None = None, evaluate_heldout: bool = True) -> LoopState:
   """Runs (or resumes) the experiment in ``workdir`` until ``train.total_trajectories``; returns the final state.
 
-  ``max_steps`` stops early after that many steps of this invocation (a resumable partial run).
+  ``max_steps`` stops early after that many steps of this invocation (a resumable partial run);
+  ``evaluate_heldout=False`` skips the held-out evaluations (smoke tests).
   """
   parts = build(config, workdir, synth_factory)
   try:
     if parts.restored_step is None and config.rods.synthesis and not config.rods.dynamic:
       parts.writer.write(0, build_static_pool(parts))
-    evals = int(config.train.eval_every_trajectories) > 0
+    evals = evaluate_heldout and int(config.train.eval_every_trajectories) > 0 and bool(parts.test_tasks)
     total = int(config.train.total_trajectories)
     done = 0
     while parts.state.trajectories < total and (max_steps is None or done < max_steps):
