@@ -1,0 +1,268 @@
+r"""Regenerate every table and figure of docs/results.md from run logs.
+
+  python -m launch.report --import_runs=runs/study     # compact runs/study/* into docs/runs/, then report
+  python -m launch.report                              # report from the committed compact logs in docs/runs/
+
+Compact logs (``docs/runs/<run>/metrics.jsonl.gz``, ``events.jsonl.gz``, ``config.json``) keep the keys the report
+reads, so the numbers in docs/results.json can be regenerated from the repository alone. Outputs:
+docs/results.json, docs/results_tables.md, docs/figures/*.png.
+"""
+import gzip
+import json
+import math
+import os
+import re
+import shutil
+
+from absl import app, flags
+import numpy as np
+
+from rods_jax import metrics as metrics_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("import_runs", "", "A study directory (launch.study --out) to compact into --runs_dir first.")
+flags.DEFINE_string("runs_dir", "docs/runs", "Compact run logs.")
+flags.DEFINE_string("docs", "docs", "Where results.json, results_tables.md and figures/ go.")
+flags.DEFINE_string("benchmarks", "docs/benchmarks", "Benchmark JSON files to include (launch.benchmark --out).")
+
+KEEP = re.compile(r"^(step|trajectories|reward/mean|rollout/success|grpo/frac_zero_std|grpo/kl|grpo/entropy|"
+                  r"zones/(hard|boundary|mastered|zero_std|var_hard|var_boundary|var_mastered)|pool/(size|seeds|"
+                  r"generated|staged|origin/.*)|synth/(requested|executed|accepted|injected|evicted|retired.*|pruned|"
+                  r"first_rbar_mean|first_rbar_n)|train/distinct_tasks|eval/.*|time/(rollout|update))$")
+ARM_OF = re.compile(r"^(.*)_s(\d+)$")
+
+
+def compact(study_dir: str, runs_dir: str) -> list[str]:
+  """Copies the report's keys of every run in ``study_dir`` into ``runs_dir`` (gzip JSONL)."""
+  names = []
+  for name in sorted(os.listdir(study_dir)):
+    src = os.path.join(study_dir, name)
+    if not os.path.exists(os.path.join(src, metrics_lib.JSONL_NAME)):
+      continue
+    dst = os.path.join(runs_dir, name)
+    os.makedirs(dst, exist_ok=True)
+    recs = metrics_lib.load_run(src)
+    with gzip.open(os.path.join(dst, "metrics.jsonl.gz"), "wt", encoding="utf-8") as f:
+      for r in recs:
+        f.write(json.dumps({k: v for k, v in r.items() if KEEP.match(k)}) + "\n")
+    ev = os.path.join(src, "pool_events.jsonl")
+    with gzip.open(os.path.join(dst, "events.jsonl.gz"), "wt", encoding="utf-8") as f:
+      if os.path.exists(ev):
+        with open(ev, encoding="utf-8") as g:
+          shutil.copyfileobj(g, f)
+    if os.path.exists(os.path.join(src, "config.json")):
+      shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    names.append(name)
+  return names
+
+
+def load(runs_dir: str) -> dict[str, dict]:
+  runs = {}
+  for name in sorted(os.listdir(runs_dir)):
+    path = os.path.join(runs_dir, name, "metrics.jsonl.gz")
+    if not os.path.exists(path):
+      continue
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      recs = [json.loads(line) for line in f if line.strip()]
+    ev_path = os.path.join(runs_dir, name, "events.jsonl.gz")
+    events = []
+    if os.path.exists(ev_path):
+      with gzip.open(ev_path, "rt", encoding="utf-8") as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    runs[name] = {"records": recs, "events": events}
+  return runs
+
+
+def final_eval(recs: list[dict]) -> dict | None:
+  evals = [r for r in recs if "eval/success" in r]
+  return evals[-1] if evals else None
+
+
+def first_eval(recs: list[dict]) -> dict | None:
+  evals = [r for r in recs if "eval/success" in r]
+  return evals[0] if evals else None
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+  a = np.asarray(xs, np.float64)
+  se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else float("nan")
+  return float(a.mean()), se
+
+
+def arm_table(runs: dict[str, dict]) -> dict[str, dict]:
+  by_arm: dict[str, list[str]] = {}
+  for name in runs:
+    m = ARM_OF.match(name)
+    by_arm.setdefault(m.group(1) if m else name, []).append(name)
+  out = {}
+  for arm, names in sorted(by_arm.items()):
+    finals = [(n, final_eval(runs[n]["records"])) for n in names]
+    finals = [(n, f) for n, f in finals if f is not None]
+    if not finals:
+      continue
+    acc = [100.0 * f["eval/success"] for _, f in finals]
+    rp = [f["eval/progress"] for _, f in finals]
+    am, ase = mean_se(acc)
+    cats = {}
+    for c in ("base", "miss_func", "miss_param", "long_context"):
+      vals = [100.0 * f[f"eval/{c}/success"] for _, f in finals if f"eval/{c}/success" in f]
+      if vals:
+        cats[c] = float(np.mean(vals))
+    last = [runs[n]["records"][-1] for n, _ in finals]
+    distinct = [max((r.get("train/distinct_tasks") or 0) for r in runs[n]["records"]) for n, _ in finals]
+    out[arm] = {"accuracy_mean": am, "accuracy_se": ase, "mean_rp": float(np.mean(rp)), "n_seeds": len(finals),
+                "trajectories": int(np.mean([f["trajectories"] for _, f in finals])),
+                "distinct_tasks": int(np.mean(distinct)), "per_category": cats, "runs": [n for n, _ in finals],
+                "final_step": int(np.mean([r["step"] for r in last]))}
+  return out
+
+
+def mechanism(runs: dict[str, dict]) -> dict:
+  """Variance per zone, pooled over every step of every run (weights = number of tasks of that zone in the step),
+  and the first observed r̄ of injected (synthesized) tasks."""
+  num = {z: 0.0 for z in ("hard", "boundary", "mastered")}
+  den = dict(num)
+  for run in runs.values():
+    for r in run["records"]:
+      for z in num:
+        f, v = r.get(f"zones/{z}"), r.get(f"zones/var_{z}")
+        if f and v is not None and not (isinstance(v, float) and math.isnan(v)):
+          num[z] += f * v
+          den[z] += f
+  var = {z: (num[z] / den[z] if den[z] else float("nan")) for z in num}
+  other_den = den["hard"] + den["mastered"]
+  other = (num["hard"] + num["mastered"]) / other_den if other_den else float("nan")
+  firsts = [e["rbar"] for run in runs.values() for e in run["events"] if e.get("event") == "first_obs"]
+  return {"variance_by_zone": var, "variance_other_zones": other,
+          "variance_ratio_boundary": var["boundary"] / other if other else float("inf"),
+          "injected_first_rbar_median": float(np.median(firsts)) if firsts else float("nan"),
+          "injected_first_rbar_iqr": [float(np.percentile(firsts, 25)), float(np.percentile(firsts, 75))]
+          if firsts else [], "injected_first_rbar_n": len(firsts), "_firsts": firsts}
+
+
+def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: str) -> list[str]:
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  os.makedirs(fig_dir, exist_ok=True)
+  made = []
+
+  def save(fig, name):
+    p = os.path.join(fig_dir, name)
+    fig.savefig(p, dpi=110, bbox_inches="tight")
+    made.append(p)
+
+  # Learning curves: mean over seeds per arm, held-out greedy success vs trajectories.
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  for arm, a in arms.items():
+    curves = [metrics_lib.series(runs[n]["records"], "eval/success") for n in a["runs"]]
+    xs = curves[0][0]
+    ys = np.stack([c[1][:len(xs)] for c in curves if len(c[1]) >= len(xs)])
+    ax.plot(xs, 100 * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
+            linewidth=2.5 if arm in ("rods", "static") else 1.2)
+  ax.set_xlabel("trajectories consumed")
+  ax.set_ylabel("held-out success (%) — greedy, 400 toolworld test tasks")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small", ncol=2)
+  save(fig, "learning_curves.png")
+  # frac_zero_std over time per arm (smoothed).
+  fig = Figure(figsize=(7, 4))
+  ax = fig.subplots()
+  for arm, a in arms.items():
+    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "grpo/frac_zero_std")
+    if xs.size:
+      w = max(1, xs.size // 20)
+      ys = np.convolve(ys, np.ones(w) / w, mode="same")
+      ax.plot(xs, ys, label=arm)
+  ax.set_xlabel("trajectories consumed")
+  ax.set_ylabel("fraction of groups with zero reward variance")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize="small", ncol=2)
+  save(fig, "frac_zero_std.png")
+  # Variance per zone.
+  fig = Figure(figsize=(4.5, 3.5))
+  ax = fig.subplots()
+  v = mech["variance_by_zone"]
+  ax.bar(list(v), [v[z] for z in v], color=["#c44", "#4a4", "#48c"])
+  ax.set_ylabel("mean within-group variance of R_P")
+  ax.set_title(f"boundary / other zones = {mech['variance_ratio_boundary']:.2f}x")
+  save(fig, "variance_by_zone.png")
+  # First observed r̄ of injected variants.
+  if mech["_firsts"]:
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.hist(mech["_firsts"], bins=np.linspace(0, 1, 21), color="#4a4")
+    ax.axvspan(0.25, 0.75, color="grey", alpha=0.15, label="paper: [0.25, 0.75]")
+    ax.set_xlabel("first observed r̄ of an injected variant")
+    ax.set_ylabel("variants")
+    ax.legend()
+    save(fig, "injected_first_rbar.png")
+  # Pool composition and zones of the first rods run.
+  rods_runs = arms.get("rods", {}).get("runs", [])
+  if rods_runs:
+    recs = runs[rods_runs[0]]["records"]
+    try:
+      metrics_lib.plot_pool_composition(recs, os.path.join(fig_dir, "pool_composition.png"))
+      made.append(os.path.join(fig_dir, "pool_composition.png"))
+      metrics_lib.plot_zone_fractions(recs, os.path.join(fig_dir, "zones_rods.png"))
+      made.append(os.path.join(fig_dir, "zones_rods.png"))
+    except ValueError:
+      pass
+  return made
+
+
+def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
+  lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | trajectories |"
+           " distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
+    se = "" if math.isnan(a["accuracy_se"]) else f" ± {a['accuracy_se']:.2f}"
+    c = a["per_category"]
+    lines.append(f"| {arm} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
+        f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
+                 f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | {a['distinct_tasks']} |")
+  v = mech["variance_by_zone"]
+  lines += ["", "| mechanism | value |", "|---|---|",
+            f"| mean within-group variance: hard / boundary / mastered | {v['hard']:.4f} / {v['boundary']:.4f} / "
+            f"{v['mastered']:.4f} |",
+            f"| boundary variance ÷ other zones | {mech['variance_ratio_boundary']:.2f}× |",
+            f"| injected variants: median first r̄ (IQR), n | {mech['injected_first_rbar_median']:.3f} "
+            f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |"]
+  for name, b in bench.items():
+    lines += ["", f"Benchmark `{name}` ({b.get('machine', {}).get('device', b.get('machine'))}):",
+              f"rollout engine {b.get('rollout', {}).get('engine_tokens_per_s', float('nan')):.0f} tok/s vs re-prefill "
+              f"{b.get('rollout', {}).get('reprefill_tokens_per_s', float('nan')):.0f} tok/s "
+              f"(speedup {b.get('rollout', {}).get('speedup', float('nan')):.2f}×); train "
+              f"{b.get('train', {}).get('tokens_per_s', float('nan')):.0f} tok/s, MFU "
+              f"{100 * b.get('train', {}).get('mfu', float('nan')):.1f} % of a measured "
+              f"{b.get('train', {}).get('peak_gflops', float('nan')):.0f} GFLOP/s matmul peak."]
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  if FLAGS.import_runs:
+    names = compact(FLAGS.import_runs, FLAGS.runs_dir)
+    print(f"compacted {len(names)} runs from {FLAGS.import_runs} into {FLAGS.runs_dir}")
+  runs = load(FLAGS.runs_dir)
+  if not runs:
+    raise app.UsageError(f"no runs in {FLAGS.runs_dir}")
+  arms = arm_table(runs)
+  mech = mechanism(runs)
+  bench = {}
+  if os.path.isdir(FLAGS.benchmarks):
+    for fn in sorted(os.listdir(FLAGS.benchmarks)):
+      if fn.endswith(".json"):
+        with open(os.path.join(FLAGS.benchmarks, fn)) as f:
+          bench[fn[:-5]] = json.load(f)
+  made = figures(runs, arms, mech, os.path.join(FLAGS.docs, "figures"))
+  out = {"arms": arms, "mechanism": {k: v for k, v in mech.items() if not k.startswith("_")},
+         "runs_dir": FLAGS.runs_dir, "benchmarks": bench}
+  with open(os.path.join(FLAGS.docs, "results.json"), "w") as f:
+    json.dump(out, f, indent=1, sort_keys=True)
+  with open(os.path.join(FLAGS.docs, "results_tables.md"), "w") as f:
+    f.write(tables(arms, mech, bench))
+  print(tables(arms, mech, bench))
+  print("figures:", *made, sep="\n  ")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,58 @@
+r"""Supervised warm-up of the lab model, once, shared by every experiment arm.
+
+  python -m launch.warmup --config=configs/static.py --workdir=runs/warmup
+
+Builds the lab tokenizer and runs ``rods_jax.rl.sft.warm_up`` with zone-based checkpoint selection (DESIGN §5: the
+boundary is transient, so the checkpoint is picked by measured seed zone fractions, not a step count). Writes an HF
+directory to ``<workdir>/warmup`` that arms start from with ``--config.sft.init_checkpoint=<workdir>/warmup``, and
+prints the zone fractions measured at every evaluation.
+"""
+import json
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (its sft/rollout/env sections are used).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; the warm-up checkpoint goes to <workdir>/warmup.")
+_INIT_FROM = flags.DEFINE_string("init_from", "", "Continue supervised training from this HF-layout checkpoint (its "
+                                  "tokenizer too) instead of the preset from scratch.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rods_jax import config_validation, envs, sharding  # pylint: disable=g-import-not-at-top
+  from rods_jax.rods import loop  # pylint: disable=g-import-not-at-top
+
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  config_validation.validate(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  mesh = sharding.make_mesh(config.mesh)
+  env = envs.make_env(config.env.name, config.env)
+  if _INIT_FROM.value:
+    from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
+    from rods_jax.rl import sft  # pylint: disable=g-import-not-at-top
+    tokenizer = hf_loader.load_tokenizer(_INIT_FROM.value)
+    model, model_cfg = hf_loader.load_hf_checkpoint(_INIT_FROM.value, mesh=mesh, dtype=config.model.dtype,
+                                                    param_dtype=config.model.param_dtype)
+    out = os.path.join(workdir, loop.WARMUP_DIR)
+    sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh)
+  else:
+    tokenizer = loop.build_tokenizer(config, workdir)
+    out = loop.warm_start_dir(config, workdir, env, tokenizer, mesh)
+  with open(os.path.join(out, "sft_history.json")) as f:
+    hist = json.load(f)
+  print(f"warm-up checkpoint: {out} (selected step {hist.get('best_step')}, score {hist.get('best_score')})")
+  print(f"{'step':>6} {'loss':>8} {'hard':>6} {'bound':>6} {'mast':>6} {'r_mean':>7}")
+  for h in hist["history"]:
+    if "eval" in h:
+      e = h["eval"]
+      print(f"{h['step']:>6} {h['loss']:>8.4f} {e['hard']:>6.2f} {e['boundary']:>6.2f} {e['mastered']:>6.2f} "
+            f"{e['reward_mean']:>7.3f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
