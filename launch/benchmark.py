@@ -45,6 +45,7 @@ flags.DEFINE_string("tokenizer_dir", "", "Lab tokenizer directory; empty = build
                     "$TMPDIR/rods_jax_bench_tokenizer.")
 flags.DEFINE_string("checkpoint_dir", "", "Optional HF-layout checkpoint to load instead of random weights.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature of both variants.")
+flags.DEFINE_integer("sft_batch", 16, "Sequences per warm-up step.")
 flags.DEFINE_integer("sft_steps", 150, "Supervised warm-up steps on gold toolworld trajectories before timing, so the "
                      "policy makes short tool calls and answers like a lab policy (0 = random weights: every message "
                      "runs to the token cap and tool calls are rare, a decode-only regime).")
@@ -79,8 +80,9 @@ def _lab_setup(config, tokenizer_dir: str, checkpoint_dir: str, preset: str, see
   return env, tok, model, model_cfg
 
 
-def _warm_up(model, env, tok, config, steps: int, seed: int):
+def _warm_up(model, env, tok, config, steps: int, batch: int, seed: int):
   """``steps`` of supervised warm-up on re-randomised toolworld seeds (rods_jax.rl.sft); returns (model, info)."""
+  config.sft.batch_size = batch
   from rods_jax.rl import sft
   from rods_jax.rollout.engine import stop_token_ids
   from rods_jax.rollout.render import ChatRenderer
@@ -89,7 +91,8 @@ def _warm_up(model, env, tok, config, steps: int, seed: int):
   batch_fn = sft.task_sampler(env, env.load_tasks("seeds"), ChatRenderer(tok), stop_id, config, seed)
   result = sft.run_sft(trainer, batch_fn, steps)
   last = result.history[-1] if result.history else {}
-  return trainer.model(), {"sft_steps": steps, "sft_final_loss": float(last.get("loss", float("nan")))}
+  info = {"sft_steps": steps, "sft_batch": batch, "sft_final_loss": float(last.get("loss", float("nan")))}
+  return trainer.model(), info
 
 
 def _summary(batch, wall: float) -> dict[str, float]:
@@ -102,7 +105,7 @@ def _summary(batch, wall: float) -> dict[str, float]:
 
 def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, warmup: int, preset: str,
                       tokenizer_dir: str, checkpoint_dir: str, temperature: float, seed: int,
-                      sft_steps: int = 0) -> dict[str, Any]:
+                      sft_steps: int = 0, sft_batch: int = 16) -> dict[str, Any]:
   """Engine vs re-prefill baseline on B=tasks x K rows of ``turns``-turn toolworld seed tasks (module docstring)."""
   from rods_jax.rollout.engine import MultiTurnEngine
   from rods_jax.rollout.render import ChatRenderer
@@ -112,7 +115,7 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
   env, tok, model, model_cfg = _lab_setup(config, tokenizer_dir, checkpoint_dir, preset, seed)
   policy_info = {"sft_steps": 0}
   if sft_steps and not checkpoint_dir:
-    model, policy_info = _warm_up(model, env, tok, config, sft_steps, seed)
+    model, policy_info = _warm_up(model, env, tok, config, sft_steps, sft_batch, seed)
     logging.info("warm-up: %s", policy_info)
   pool = [t for t in env.load_tasks("seeds") if t.num_turns == turns]
   if len(pool) < tasks:
@@ -183,7 +186,7 @@ def main(argv):
     result["rollout"] = rollout_benchmark(
         config, tasks=FLAGS.tasks, k=FLAGS.k, turns=FLAGS.turns, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
         preset=FLAGS.preset, tokenizer_dir=FLAGS.tokenizer_dir, checkpoint_dir=FLAGS.checkpoint_dir,
-        temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps)
+        temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps, sft_batch=FLAGS.sft_batch)
     vocab = result["rollout"]["setup"]["vocab"]
   if FLAGS.suite in ("train", "all"):
     result["train"] = train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch,

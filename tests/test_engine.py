@@ -308,11 +308,14 @@ def test_budget_truncation(tokenizer, tiny_model):
     MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(stop_strings=("two words",)), cfg)
 
 
-def test_reprefill_baseline_matches_engine(tokenizer, tiny_model):
+def test_reprefill_baseline_and_bucketing_match_engine(tokenizer, tiny_model):
+  """The re-prefill baseline (one kv bucket) and the engine with fine kv/prefill buckets give the same trajectories."""
   cfg, graphdef, params = tiny_model
+  bucketed = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer),
+                             _rollout_cfg(kv_bucket=128, prefill_bucket=32), cfg)
   engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(), cfg)
   greedy = SamplingParams(temperature=0.0)
-  a = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
+  a = bucketed.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
   b = engine.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy, reprefill=True)
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.sampler_logps, b.sampler_logps, atol=1e-4)
