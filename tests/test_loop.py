@@ -65,6 +65,7 @@ def lab_config(tokenizer_dir, steps):
   c.mesh.data, c.mesh.fsdp = jax.device_count(), 1  # pure data parallel: params replicated
   c.rollout.tasks_per_step, c.rollout.k = 4, 2
   c.rollout.max_tokens_per_message = 16
+  c.rollout.max_trajectory_tokens, c.rollout.cache_capacity = 320, 384  # short rows: a cheap test
   c.grpo.micro_batch = 8
   c.train.total_trajectories = 4 * 2 * steps
   c.rods.seed_limit = 8  # 2 per category: an epoch is 2-3 steps

@@ -118,8 +118,10 @@ class Curriculum:
   def exchange(self, ids: Sequence[str], cats: Sequence[str], stats: Any, step: int) -> dict[str, Any]:
     """Seed selection → requests, and draining validated tasks into staging (never waits on the worker)."""
     out: dict[str, Any] = {}
-    if not self.synthesis or not self.dynamic:
+    if not self.synthesis:
       return out
+    if not self.dynamic:  # static_pool: the one-off pool's funnel, nothing requested any more
+      return observability.funnel_metrics(self.buffer.counters, self.failures)
     seeds = self.selector.select(ids, cats, stats, step)  # same decision on every host
     self.buffer.count("requested", len(seeds))
     out["synth/seeds_sent"] = len(seeds)
