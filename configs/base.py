@@ -62,6 +62,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.kv_bucket = 64  # attention length is rounded up to a multiple of this
   c.rollout.prefill_bucket = 32  # incremental-prefill width is rounded up to a multiple of this (few compilations)
   c.rollout.stop_strings = ("<|im_end|>",)  # single-token stops besides EOS; add "</tool_call>" to stop after a call
+  # a decode call returns to the host once this fraction of its active rows has stopped (the rest resume next call):
+  # < 1 trades more (cheap) host rounds for fewer idle decode steps; 1 = every row finishes its message first
+  c.rollout.min_stopped_frac = 1.0
 
   # --- GRPO (rods_jax/rl) ---
   c.grpo = ml_collections.ConfigDict()

@@ -176,7 +176,7 @@ class ScriptedEnv:
 
 def _rollout_cfg(**kw):
   c = ml_collections.ConfigDict(dict(
-      temperature=1.0, top_p=1.0, top_k=0, max_steps_per_turn=2, max_tokens_per_message=6,
+      temperature=1.0, top_p=1.0, top_k=0, max_steps_per_turn=2, max_tokens_per_message=6, min_stopped_frac=1.0,
       max_trajectory_tokens=384, cache_capacity=384, kv_bucket=384, prefill_bucket=128,
       stop_strings=("<|im_end|>",)))  # one kv bucket, few prefill widths: few compilations (bucketing: test_sampler)
   c.update(kw)
@@ -309,10 +309,11 @@ def test_budget_truncation(tokenizer, tiny_model):
 
 
 def test_reprefill_baseline_and_bucketing_match_engine(tokenizer, tiny_model):
-  """The re-prefill baseline (one kv bucket) and the engine with fine kv/prefill buckets give the same trajectories."""
+  """The re-prefill baseline (one kv bucket) and the engine with fine kv/prefill buckets and early returns to the host
+  (min_stopped_frac < 1: rows resume mid-message) give the same greedy trajectories."""
   cfg, graphdef, params = tiny_model
   bucketed = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer),
-                             _rollout_cfg(kv_bucket=128, prefill_bucket=32), cfg)
+                             _rollout_cfg(kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.3), cfg)
   engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(), cfg)
   greedy = SamplingParams(temperature=0.0)
   a = bucketed.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)

@@ -171,6 +171,26 @@ def test_per_row_stop_sets_and_early_exit(tiny):
     assert toks[b, :n_new[b]].tolist() == free[b, :n_new[b]].tolist()
   assert length.tolist() == [5 + f for f in first]
 
+  # min_stopped=1: the call returns as soon as row 1 stops; the others resume in a second call, same tokens
+  cfg, _, graphdef, params = tiny
+  tok = np.zeros((4, 12), np.int32)
+  val = np.zeros((4, 12), bool)
+  for i, p in enumerate(prompts):
+    tok[i, :5], val[i, :5] = p, True
+  cache, logits = sampler.prefill(graphdef, params, init_cache(cfg, 4, 64), jnp.zeros((4, V), jnp.float32),
+                                  jnp.asarray(tok), jnp.asarray(val), kv_len=64)
+  stop_ids = jnp.asarray(np.asarray(stop, np.int32))
+  st = sampler.new_decode_state(cache, logits, np.ones(4, bool), np.asarray([8, 8, 4, 1]), 12, jax.random.key(0))
+  st = sampler.decode(graphdef, params, st, stop_ids, jnp.int32(1), sampling=greedy, kv_len=64)
+  act1, n1, t1 = jax.device_get((st.active, st.n_new, st.tokens))
+  assert n1.tolist() == [1, 1, 1, 1] and act1.tolist() == [True, False, True, False]
+  st2 = sampler.new_decode_state(st.cache, st.logits, act1, np.asarray([7, 0, 3, 0]), 12, jax.random.key(1))
+  st2 = sampler.decode(graphdef, params, st2, stop_ids, jnp.int32(0), sampling=greedy, kv_len=64)
+  n2, t2, length2 = jax.device_get((st2.n_new, st2.tokens, st2.cache.length))
+  for b in (0, 2):
+    assert t1[b, :1].tolist() + t2[b, :n2[b]].tolist() == free[b, :first[b]].tolist()
+  assert length2.tolist() == length.tolist()
+
 
 def test_group_prefill_once_then_broadcast(tiny):
   cfg, _, graphdef, params = tiny

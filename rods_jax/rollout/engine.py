@@ -38,6 +38,7 @@ class EngineLimits:
   kv_bucket: int
   prefill_bucket: int
   stop_strings: tuple[str, ...]
+  min_stopped_frac: float
 
   @classmethod
   def from_config(cls, rollout_cfg) -> "EngineLimits":
@@ -46,7 +47,10 @@ class EngineLimits:
         max_tokens_per_message=int(rollout_cfg.max_tokens_per_message),
         max_trajectory_tokens=int(rollout_cfg.max_trajectory_tokens),
         cache_capacity=int(rollout_cfg.cache_capacity), kv_bucket=int(rollout_cfg.kv_bucket),
-        prefill_bucket=int(rollout_cfg.prefill_bucket), stop_strings=tuple(rollout_cfg.stop_strings))
+        prefill_bucket=int(rollout_cfg.prefill_bucket), stop_strings=tuple(rollout_cfg.stop_strings),
+        min_stopped_frac=float(rollout_cfg.min_stopped_frac))
+    if not 0.0 < lim.min_stopped_frac <= 1.0:
+      raise ValueError(f"config.rollout.min_stopped_frac={lim.min_stopped_frac} must be in (0, 1]")
     for name in ("max_steps_per_turn", "max_tokens_per_message", "max_trajectory_tokens", "kv_bucket",
                  "prefill_bucket"):
       if getattr(lim, name) <= 0:
@@ -74,7 +78,8 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str]) -> tuple[int, ...]:
 class _Row:
   """Host bookkeeping of one trajectory (mutable, local to one ``rollout`` call)."""
 
-  __slots__ = ("episode", "chat", "tokens", "mask", "logps", "steps_in_turn", "finished", "truncated", "cached")
+  __slots__ = ("episode", "chat", "tokens", "mask", "logps", "steps_in_turn", "finished", "truncated", "cached",
+               "partial")
 
   def __init__(self, episode, chat: ChatState, prompt: list[int]):
     self.episode = episode
@@ -86,6 +91,7 @@ class _Row:
     self.finished = False
     self.truncated = False
     self.cached = 0  # tokens of this row that are in the device cache
+    self.partial: list[int] = []  # ids of the assistant message being sampled (spans decode calls)
 
   def append(self, ids, sampled: bool, logps=None):
     self.tokens.extend(int(i) for i in ids)
@@ -172,17 +178,20 @@ class MultiTurnEngine:
       active = np.array([not r.finished for r in rows])
       if not active.any():
         break
-      max_new = np.array([min(lim.max_tokens_per_message, lim.max_trajectory_tokens - len(r.tokens))
+      max_new = np.array([min(lim.max_tokens_per_message - len(r.partial), lim.max_trajectory_tokens - len(r.tokens))
                           if not r.finished else 0 for r in rows], np.int32)
+      # Return to the host once this many rows have stopped; the others continue their message in the next call.
+      min_stopped = 0 if lim.min_stopped_frac >= 1.0 else max(1, int(np.ceil(lim.min_stopped_frac * active.sum())))
       kv_len = sampler.kv_bucket(max(len(r.tokens) + int(m) for r, m in zip(rows, max_new) if not r.finished),
                                  lim.kv_bucket, lim.cache_capacity)
       # --- 1. decode ---
       t0 = time.perf_counter()
       state = sampler.new_decode_state(cache, logits, active, max_new, lim.max_tokens_per_message,
                                        jax.random.fold_in(rng, segment))
-      state = sampler.decode(self.graphdef, params, state, stop_ids, sampling=samp, kv_len=kv_len)
+      state = sampler.decode(self.graphdef, params, state, stop_ids, jnp.int32(min_stopped), sampling=samp,
+                             kv_len=kv_len)
       cache, logits = state.cache, state.logits
-      out_tokens, out_logps, n_new = jax.device_get((state.tokens, state.logps, state.n_new))
+      out_tokens, out_logps, n_new, still = jax.device_get((state.tokens, state.logps, state.n_new, state.active))
       times["decode"] += time.perf_counter() - t0
       stats["decode_calls"] += 1
       stats["decode_steps"] += int(n_new.max())
@@ -198,7 +207,11 @@ class MultiTurnEngine:
         ids = out_tokens[n, :n_new[n]].tolist()
         r.append(ids, True, out_logps[n, :n_new[n]])
         r.cached = len(r.tokens)
-        deltas[n] = self._after_message(r, ids, int(max_new[n]))
+        r.partial.extend(ids)
+        if still[n]:
+          continue  # mid-message: no delta, its logits stay; it resumes in the next decode call
+        message, r.partial = r.partial, []
+        deltas[n] = self._after_message(r, message, len(message) + int(max_new[n]) - len(ids))
       times["tools"] += time.perf_counter() - t0
 
       # --- 3. one batched incremental prefill of the deltas ---
@@ -206,7 +219,8 @@ class MultiTurnEngine:
         continue
       t0 = time.perf_counter()
       if reprefill:  # every row that continues re-prefills its whole conversation from an empty cache
-        cache = cache._replace(length=jnp.zeros_like(cache.length))
+        has_delta = jnp.asarray([bool(d) for d in deltas])
+        cache = cache._replace(length=jnp.where(has_delta, 0, cache.length))  # mid-message rows keep their cache
         seqs = [r.tokens + d if d else [] for r, d in zip(rows, deltas)]
       else:
         seqs = deltas

@@ -75,13 +75,15 @@ def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid
   return cache, jnp.where((n > 0)[:, None], last.astype(jnp.float32), logits)
 
 
-def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, sampling: SamplingParams, kv_len: int):
+def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_stopped: jax.Array | int = 0, *,
+                 sampling: SamplingParams, kv_len: int):
   model = _merge(graphdef, params)
   rows = jnp.arange(state.tokens.shape[0])
   width = state.tokens.shape[1]
 
   def cond(s: DecodeState):
-    return jnp.any(s.active)
+    stopped = jnp.sum((s.n_new > 0) & ~s.active)  # rows that sampled in this call and have stopped
+    return jnp.any(s.active) & ((min_stopped <= 0) | (stopped < min_stopped))
 
   def body(s: DecodeState):
     rng, sub = jax.random.split(s.rng)
@@ -106,9 +108,11 @@ Args:
   graphdef, params: ``nnx.split(model)`` (params may be a tuple of states).
   state: DecodeState with ``active``/``max_new`` set and ``n_new`` = 0 (donated).
   stop_ids: [B, S] int32 per-row stop token sets, padded with -1.
+  min_stopped: int32 scalar (traced: no recompilation); > 0 = return as soon as that many rows have stopped, leaving
+    the others ``active`` mid-message (the caller continues them in its next call); 0 = run until no row is active.
   sampling: static SamplingParams.
   kv_len: static attention length; must cover cache.length + max_new for every active row.
-Returns the final DecodeState (early exit as soon as no row is active).
+Returns the final DecodeState (early exit as soon as no row is active, or ``min_stopped`` rows have stopped).
 """
 
 
