@@ -52,6 +52,8 @@ flags.DEFINE_integer("sft_steps", 150, "Supervised warm-up steps on gold toolwor
 flags.DEFINE_integer("train_batch", 64, "train suite: sequences per step.")
 flags.DEFINE_integer("train_seq", 256, "train suite: tokens per sequence.")
 flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
+flags.DEFINE_float("min_stopped_frac", 0.0, "If in (0, 1): also time the engine with config.rollout.min_stopped_frac "
+                   "set to this (decode returns to the host once this fraction of rows stopped), as 'engine_early'.")
 
 
 def machine_info() -> dict[str, Any]:
@@ -105,7 +107,7 @@ def _summary(batch, wall: float) -> dict[str, float]:
 
 def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, warmup: int, preset: str,
                       tokenizer_dir: str, checkpoint_dir: str, temperature: float, seed: int,
-                      sft_steps: int = 0, sft_batch: int = 16) -> dict[str, Any]:
+                      sft_steps: int = 0, sft_batch: int = 16, min_stopped_frac: float = 0.0) -> dict[str, Any]:
   """Engine vs re-prefill baseline on B=tasks x K rows of ``turns``-turn toolworld seed tasks (module docstring)."""
   from rods_jax.rollout.engine import MultiTurnEngine
   from rods_jax.rollout.render import ChatRenderer
@@ -122,16 +124,21 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
     raise ValueError(f"--turns={turns}: only {len(pool)} seed tasks have {turns} turns, --tasks={tasks} requested")
   chosen = pool[:tasks]
   graphdef, params = nnx.split(model)
-  engine = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), config.rollout, model_cfg)
+  engines = {"engine": MultiTurnEngine(graphdef, tok, ChatRenderer(tok), config.rollout, model_cfg)}
+  engines["reprefill"] = engines["engine"]
+  if 0.0 < min_stopped_frac < 1.0:
+    early = config.rollout.copy_and_resolve_references()
+    early.min_stopped_frac = min_stopped_frac
+    engines["engine_early"] = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), early, model_cfg)
   sampling = SamplingParams(temperature=temperature, top_p=float(config.rollout.top_p),
                             top_k=int(config.rollout.top_k))
   rng = jax.random.key(seed)
-  runs = {"engine": [], "reprefill": []}
+  runs = {name: [] for name in engines}
 
   def run(name: str):
     # The same key every time: identical trajectories, so the warm-up compiles every shape the timed runs meet and
     # both variants do the same work (steady state, as in training where the few bucketed shapes recur every step).
-    batch = engine.rollout(params, env, chosen, k, rng, sampling=sampling, reprefill=name == "reprefill")
+    batch = engines[name].rollout(params, env, chosen, k, rng, sampling=sampling, reprefill=name == "reprefill")
     return batch, float(batch.timings["total"])
 
   for _ in range(warmup):
@@ -154,7 +161,10 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
       "speedup": med["engine"]["sampled_tokens_per_s"] / med["reprefill"]["sampled_tokens_per_s"],
       "engine_trajectory_tokens_per_s": med["engine"]["tokens_per_s"],
       "reprefill_trajectory_tokens_per_s": med["reprefill"]["tokens_per_s"],
-      "engine": med["engine"], "reprefill": med["reprefill"], "repeats": {n: rs for n, rs in runs.items()},
+      **med, "repeats": {n: rs for n, rs in runs.items()},
+      **({"engine_early_speedup": med["engine_early"]["sampled_tokens_per_s"] /
+          med["reprefill"]["sampled_tokens_per_s"], "engine_early_min_stopped_frac": min_stopped_frac}
+         if "engine_early" in med else {}),
       "setup": {"tasks": tasks, "k": k, "rows": tasks * k, "turns": turns, "preset": preset,
                 "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))), "vocab": model_cfg.vocab_size,
                 "temperature": temperature, "checkpoint": checkpoint_dir, "policy": policy_info,
@@ -186,7 +196,8 @@ def main(argv):
     result["rollout"] = rollout_benchmark(
         config, tasks=FLAGS.tasks, k=FLAGS.k, turns=FLAGS.turns, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
         preset=FLAGS.preset, tokenizer_dir=FLAGS.tokenizer_dir, checkpoint_dir=FLAGS.checkpoint_dir,
-        temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps, sft_batch=FLAGS.sft_batch)
+        temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps, sft_batch=FLAGS.sft_batch,
+        min_stopped_frac=FLAGS.min_stopped_frac)
     vocab = result["rollout"]["setup"]["vocab"]
   if FLAGS.suite in ("train", "all"):
     result["train"] = train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch,
