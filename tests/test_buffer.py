@@ -303,3 +303,19 @@ def test_static_pool_initial_injection_and_frozen_epochs(tmp_path):
   assert not rep.injected and not rep.evicted and buf.num_generated == 5 and buf.epoch == 1
   with pytest.raises(RuntimeError, match="before training starts"):
     buf.inject_initial()
+
+
+def test_composition_counts_origin_category_turns_and_depth(tmp_path):
+  s = [make_task("a", category="base", turns=2), make_task("b", category="miss_func", turns=3)]
+  s[0] = s[0].replace(meta={"profile": {"depth": 3}})
+  buf = ReplayBuffer(s, cfg(p_max=5, beta=1.0), str(tmp_path / "l.jsonl"))
+  buf.stage(make_task("g", origin="synth", category="base", turns=2, generation=1).replace(meta={"depth": 1}))
+  buf.sample(2)
+  buf.end_epoch()
+  comp = buf.composition()
+  assert comp["pool/size"] == 3 and comp["pool/seeds"] == 2 and comp["pool/generated"] == 1
+  assert comp["pool/origin/seed"] == 2 and comp["pool/origin/synth"] == 1
+  assert comp["pool/category/base"] == 2 and comp["pool/category/miss_func"] == 1
+  assert comp["pool/turns/2"] == 2 and comp["pool/turns/3"] == 1 and comp["pool/generation/1"] == 1
+  assert comp["pool/depth/3"] == 1 and comp["pool/depth/1"] == 1 and "pool/depth/0" not in comp
+  assert buf.composition(lambda t: len(t.id))["pool/depth/1"] == 3

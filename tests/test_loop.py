@@ -130,6 +130,7 @@ def test_lab_rods_run_survives_a_killed_synthesizer_and_resumes_exactly(tmp_path
     parts.close()
   events = [json.loads(x)["event"] for x in open(os.path.join(wd, "pool_events.jsonl"))]
   assert {"injected", "first_obs", "evicted", "retired_unsolvable"} <= set(events)
+  assert any(k.startswith("pool/depth/") for k in last)  # Φ depth of the active pool
   evals = [r for r in recs if "eval/success" in r]
   assert [r["trajectories"] for r in evals] == [48, 72]
   assert all(0.0 <= r["eval/progress"] <= 1.0 and r["eval/n_tasks"] == 4 for r in evals)

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -77,6 +77,13 @@ class EpochReport(NamedTuple):
   injected: list[str]
   cap: int  # floor(β · |active|) just before injection
   deferred: int  # staged candidates left waiting
+
+
+def _meta_depth(task: Task) -> int | None:
+  meta = task.meta if isinstance(task.meta, dict) else {}
+  prof = meta.get("profile")
+  depth = prof.get("depth") if isinstance(prof, dict) else meta.get("depth")
+  return depth if isinstance(depth, int) else None
 
 
 def phi(rbar: float) -> float:
@@ -177,15 +184,16 @@ class ReplayBuffer:
       raise KeyError(f"unknown buffer counter {name!r}; known: {COUNTERS}")
     self._counters[name] += int(n)
 
-  def composition(self) -> dict[str, int]:
-    """Active pool counts by origin, category, turns, generation, and depth where the task's meta has one."""
+  def composition(self, depth_fn: Callable[[Task], int | None] | None = None) -> dict[str, int]:
+    """Active pool counts by origin, category, turns, generation and dependency depth (``depth_fn(task)``, else the
+    task's ``meta["profile"]["depth"]`` / ``meta["depth"]`` when present)."""
     out: dict[str, int] = {"pool/size": len(self), "pool/seeds": len(self._seeds),
                            "pool/generated": len(self._gen), "pool/staged": len(self._staged)}
     for t in list(self._seeds.values()) + list(self._gen.values()):
       for key in (f"pool/origin/{t.lineage.origin}", f"pool/category/{t.category}", f"pool/turns/{t.num_turns}",
                   f"pool/generation/{t.lineage.generation}"):
         out[key] = out.get(key, 0) + 1
-      depth = t.meta.get("depth") if isinstance(t.meta, dict) else None
+      depth = depth_fn(t) if depth_fn is not None else _meta_depth(t)
       if isinstance(depth, int):
         out[f"pool/depth/{depth}"] = out.get(f"pool/depth/{depth}", 0) + 1
     return out

@@ -49,6 +49,8 @@ class Curriculum:
       ``rods_cfg.synthesis`` is False.
     mode: "synthesize" | "perturb".
     seed: base seed of the buffer, selector and worker RNGs.
+    depth_fn: ``depth_fn(task) -> int | None``, the dependency depth of Φ for the pool-composition metrics (cached per
+      task id); None = read it from the task's meta.
     primary: this host runs the synthesizer and writes the logs (multi-host: process 0).
     share: multi-host only: ``share(outcomes) -> outcomes``, the primary's drained outcomes on every host (a
       broadcast), so every host stages the same tasks at the same step and the pools stay identical.
@@ -56,7 +58,8 @@ class Curriculum:
 
   def __init__(self, seeds: Sequence[Task], rods_cfg, synthesis_cfg, workdir: str,
                synth_factory: Callable[[], Any] | None, mode: str, seed: int, *, primary: bool = True,
-               share: Callable[[list[Outcome]], list[Outcome]] | None = None):
+               share: Callable[[list[Outcome]], list[Outcome]] | None = None,
+               depth_fn: Callable[[Task], int | None] | None = None):
     self.synthesis = bool(rods_cfg.synthesis)
     self.dynamic = bool(rods_cfg.dynamic)
     if self.synthesis and synth_factory is None:
@@ -74,6 +77,8 @@ class Curriculum:
                    if self.synthesis and primary else None)
     self.failures: dict[str, int] = {}
     self._events_path = os.path.join(workdir, EVENT_LOG) if primary else ""
+    self._depth_fn = depth_fn
+    self._depths: dict[str, int | None] = {}
 
   # ------------------------------------------------------------------------------------------ per step
   def next_tasks(self, n: int) -> Sample:
@@ -111,9 +116,14 @@ class Curriculum:
     metrics.update(self.exchange(ids, cats, stats, step))
     if sample.epoch_end:
       metrics.update(self.end_epoch(lifecycle, step))
-    metrics.update(self.buffer.composition())
+    metrics.update(self.buffer.composition(self._cached_depth if self._depth_fn is not None else None))
     metrics["epoch"] = self.buffer.epoch
     return metrics
+
+  def _cached_depth(self, task: Task) -> int | None:
+    if task.id not in self._depths:
+      self._depths[task.id] = self._depth_fn(task)
+    return self._depths[task.id]
 
   def exchange(self, ids: Sequence[str], cats: Sequence[str], stats: Any, step: int) -> dict[str, Any]:
     """Seed selection → requests, and draining validated tasks into staging (never waits on the worker)."""

@@ -167,7 +167,7 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   multihost = jax.process_count() > 1
   cur = Curriculum(seeds, config.rods, config.synthesis, workdir, synth_factory if config.rods.synthesis else None,
                    synthesis_mode(config), seed=int(config.seed), primary=jax.process_index() == 0,
-                   share=broadcast_outcomes if multihost else None)
+                   share=broadcast_outcomes if multihost else None, depth_fn=profile_depth_fn(env))
   writer = metrics_lib.MetricWriter(workdir, config.logging)
   rng = jax.random.key(int(config.seed))
   every = int(config.train.eval_every_trajectories)
@@ -180,6 +180,22 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   else:
     writer.write_config(config)
   return parts
+
+
+def profile_depth_fn(env) -> Callable[[Any], int | None]:
+  """Dependency depth of a task's structural profile Φ (from its meta when the generator stored it, else computed
+  through the environment); None when it cannot be computed (the metric is then skipped for that task)."""
+  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
+
+  def depth(task) -> int | None:
+    prof = task.meta.get("profile") if isinstance(task.meta, dict) else None
+    if isinstance(prof, dict) and isinstance(prof.get("depth"), int):
+      return prof["depth"]
+    try:
+      return int(profile_lib.profile(task, env).depth)
+    except Exception:  # pylint: disable=broad-except  # a metric must never stop training
+      return None
+  return depth
 
 
 def broadcast_outcomes(outcomes: list) -> list:
