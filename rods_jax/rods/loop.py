@@ -15,6 +15,7 @@ zero-variance filtering with refill.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
@@ -25,13 +26,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from rods_jax import checkpoint as ckpt_lib
+from rods_jax import config_validation, envs, sharding
 from rods_jax import metrics as metrics_lib
+from rods_jax.envs import profile as profile_lib
+from rods_jax.models import Transformer, get_preset, hf_loader, lab_tokenizer
+from rods_jax.rl import sft
+from rods_jax.rl.learner import GRPOLearner
 from rods_jax.rods import detector
 from rods_jax.rods.buffer import Sample
 from rods_jax.rods.curriculum import Curriculum
+from rods_jax.rods.queues import Outcome
 from rods_jax.rods.synth_process import pipeline_factory
+from rods_jax.rollout.engine import MultiTurnEngine
+from rods_jax.rollout.render import ChatRenderer
+from rods_jax.rollout.sampling import SamplingParams
 
 CHECKPOINT_DIR = "checkpoints"
 WARMUP_DIR = "warmup"
@@ -82,7 +93,6 @@ def synthesis_mode(config) -> str:
 def build_tokenizer(config, workdir: str):
   """The model's tokenizer: ``model.tokenizer_dir`` / the checkpoint's own, or the lab tokenizer built into
   ``<workdir>/tokenizer`` (lab preset from scratch)."""
-  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
   if config.model.tokenizer_dir:
     return hf_loader.load_tokenizer(config.model.tokenizer_dir)
   if config.model.checkpoint_dir:
@@ -90,14 +100,12 @@ def build_tokenizer(config, workdir: str):
   if config.model.preset != "lab_tiny":
     raise ValueError(f"config.model.preset={config.model.preset!r} from scratch needs config.model.tokenizer_dir "
                      f"(only lab_tiny builds its own tokenizer)")
-  from rods_jax.models import lab_tokenizer  # pylint: disable=g-import-not-at-top
   # Built once per workdir (reused on resume); only lab_tiny from scratch needs it.
   return lab_tokenizer.build_default_lab_tokenizer(os.path.join(workdir, "tokenizer"), config.env)
 
 
 def build_model(config, tokenizer, mesh, init_dir: str = ""):
   """(model, ModelConfig): from ``init_dir`` / ``model.checkpoint_dir`` (HF layout) or the preset from scratch."""
-  from rods_jax.models import Transformer, get_preset, hf_loader  # pylint: disable=g-import-not-at-top
   path = init_dir if init_dir else str(config.model.checkpoint_dir)
   if path:
     return hf_loader.load_hf_checkpoint(path, mesh=mesh, dtype=config.model.dtype,
@@ -117,7 +125,6 @@ def warm_start_dir(config, workdir: str, env, tokenizer, mesh, seeds: Sequence[A
   out = os.path.join(workdir, WARMUP_DIR)
   if os.path.exists(os.path.join(out, "config.json")):
     return out
-  from rods_jax.rl import sft  # pylint: disable=g-import-not-at-top
   model, model_cfg = build_model(config, tokenizer, mesh)
   # Writes the zone-selected checkpoint (HF layout + tokenizer) to `out`.
   sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh, tasks=list(seeds))
@@ -140,10 +147,6 @@ def limit_seeds(seeds: Sequence[Any], n: int) -> list:
 
 def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) -> Parts:
   """Builds (or restores) every part of a run. ``synth_factory`` overrides the synthesis pipeline (tests)."""
-  from rods_jax import config_validation, envs, sharding  # pylint: disable=g-import-not-at-top
-  from rods_jax.rl.learner import GRPOLearner  # pylint: disable=g-import-not-at-top
-  from rods_jax.rollout.engine import MultiTurnEngine  # pylint: disable=g-import-not-at-top
-  from rods_jax.rollout.render import ChatRenderer  # pylint: disable=g-import-not-at-top
   config_validation.validate(config, jax.device_count())
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -185,7 +188,6 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
 def profile_depth_fn(env) -> Callable[[Any], int | None]:
   """Dependency depth of a task's structural profile Φ (from its meta when the generator stored it, else computed
   through the environment); None when it cannot be computed (the metric is then skipped for that task)."""
-  from rods_jax.envs import profile as profile_lib  # pylint: disable=g-import-not-at-top
 
   def depth(task) -> int | None:
     prof = task.meta.get("profile") if isinstance(task.meta, dict) else None
@@ -200,9 +202,6 @@ def profile_depth_fn(env) -> Callable[[Any], int | None]:
 
 def broadcast_outcomes(outcomes: list) -> list:
   """Multi-host: process 0's drained synthesizer outcomes on every process (JSON bytes, two broadcasts)."""
-  import base64  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from rods_jax.rods.queues import Outcome  # pylint: disable=g-import-not-at-top
   payload = json.dumps([[o.request_id, o.seed_id, None if o.record is None else base64.b64encode(
       o.record.tobytes()).decode("ascii"), o.failure, o.seconds] for o in outcomes]).encode("utf-8")
   n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(payload), np.int64)))
@@ -325,7 +324,6 @@ def rollout_metrics(batch) -> dict[str, float]:
 def evaluate(parts: Parts, rng: jax.Array) -> dict[str, float]:
   """Held-out evaluation on the test split: success and mean R_P overall and per category (greedy when
   ``train.eval_k`` == 1, else sampled at the rollout temperature with pass@k over the K samples)."""
-  from rods_jax.rollout.sampling import SamplingParams  # pylint: disable=g-import-not-at-top
   c = parts.config
   k = int(c.train.eval_k)
   sampling = SamplingParams(temperature=0.0) if k == 1 else None
