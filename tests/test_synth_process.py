@@ -168,3 +168,22 @@ def test_directory_exchange_client_with_local_worker(tmp_path):
     outs = poll_until(client, 5)
   assert sorted(o.seed_id for o in outs) == ["bad9", "s0", "s1", "s2", "s3"]
   assert sum(o.record is None for o in outs) == 1
+
+
+@pytest.mark.parametrize("mode,origin", [("synthesize", "synth"), ("perturb", "augment")])
+def test_real_pipeline_through_the_client(mode, origin):
+  from configs import base
+  from rods_jax import envs
+  from rods_jax.rods.synth_process import pipeline_factory
+  config = base.get_config()
+  seeds = envs.make_env("toolworld", config.env).load_tasks("seeds")[::97][:4]
+  config.synthesis.process = False
+  client = SynthClient(pipeline_factory(config, mode), config.synthesis, seed=0, mode=mode)
+  client.submit(seeds)
+  outs = client.poll().outcomes
+  assert [o.seed_id for o in outs] == [s.id for s in seeds]
+  tasks = [Task.from_record(o.record) for o in outs if o.record is not None]
+  assert len(tasks) >= 3, [o.failure for o in outs]
+  for t in tasks:
+    assert t.lineage.origin == origin and t.lineage.parent_id in {s.id for s in seeds}
+    assert t.id not in {s.id for s in seeds}
