@@ -148,7 +148,8 @@ BFCL = [
            "it builds a tiny random Qwen3-shaped model so the notebook runs anywhere: its accuracy is 0 by "
            "construction."),
     ("code", INSTALL),
-    ("code", """import jax, numpy as np
+    ("code", """import json
+import jax, numpy as np
 from flax import nnx
 from configs import base
 from rods_jax import envs
@@ -190,7 +191,8 @@ print(len(tasks), "held-out BFCL tasks")"""),
 engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg)
 result = evaluate(engine_rollout_fn(engine, params, env, config.rollout), tasks, mode="greedy", k=1,
                   rng=jax.random.key(0), chunk=4)
-print(json.dumps(result.metrics if hasattr(result, "metrics") else result._asdict(), indent=1, default=str)[:2000])"""),
+print(json.dumps(result.metrics, indent=1))
+assert result.metrics["n_tasks" if "n_tasks" in result.metrics else "success"] is not None"""),
     ("code", """# The scorer itself: ground truth scores R_P = 1; dropping the last turn's calls fails that turn.
 t = tasks[0]
 gt = [list(turn) for turn in t.gt_calls]

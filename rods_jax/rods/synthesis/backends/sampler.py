@@ -91,7 +91,8 @@ class SamplerChat:
                                                                                             cfg.capacity))
       state = sampler_lib.new_decode_state(cache, logits, np.ones((1,), bool), np.full((1,), cfg.max_new_tokens),
                                            cfg.max_new_tokens, key)
-      state = sampler_lib.decode(self._graphdef, self._params, state, self._stop_ids, self._sampling, kv_len)
+      state = sampler_lib.decode(self._graphdef, self._params, state, self._stop_ids, sampling=self._sampling,
+                                 kv_len=kv_len)
       n_new = int(state.n_new[0])
       out = [int(t) for t in np.asarray(state.tokens[0, :n_new])]
     stop = set(int(s) for s in np.asarray(self._stop_ids[0]))
