@@ -1,6 +1,6 @@
 r"""Throughput benchmarks on the lab model and toolworld tasks, written as one JSON.
 
-  python -m launch.benchmark --suite=rollout --out=docs/benchmark_cpu.json
+  python -m launch.benchmark --suite=rollout --out=docs/benchmarks/cpu_lab.json
   python -m launch.benchmark --suite=all --out=bench.json --tasks=8 --k=8 --repeats=3
 
 rollout: tokens/s of the batched multi-turn engine (one KV cache extended turn by turn, shared-prompt prefill) vs the

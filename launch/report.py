@@ -109,11 +109,14 @@ def arm_table(runs: dict[str, dict]) -> dict[str, dict]:
       if vals:
         cats[c] = float(np.mean(vals))
     last = [runs[n]["records"][-1] for n, _ in finals]
+    budgets = [json.load(open(os.path.join(FLAGS.runs_dir, n, "config.json")))["train"]["total_trajectories"]
+               if os.path.exists(os.path.join(FLAGS.runs_dir, n, "config.json")) else None for n, _ in finals]
     distinct = [max((r.get("train/distinct_tasks") or 0) for r in runs[n]["records"]) for n, _ in finals]
     out[arm] = {"accuracy_mean": am, "accuracy_se": ase, "mean_rp": float(np.mean(rp)), "n_seeds": len(finals),
                 "trajectories": int(np.mean([f["trajectories"] for _, f in finals])),
                 "distinct_tasks": int(np.mean(distinct)), "per_category": cats, "runs": [n for n, _ in finals],
-                "final_step": int(np.mean([r["step"] for r in last]))}
+                "final_step": int(np.mean([r["step"] for r in last])),
+                "complete": all(b is not None and f["trajectories"] >= b for b, (_, f) in zip(budgets, finals))}
   return out
 
 
@@ -216,7 +219,8 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
   for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
     se = "" if math.isnan(a["accuracy_se"]) else f" ± {a['accuracy_se']:.2f}"
     c = a["per_category"]
-    lines.append(f"| {arm} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
+    partial = "" if a.get("complete") else " (partial: stopped before the budget)"
+    lines.append(f"| {arm}{partial} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
                  f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | {a['distinct_tasks']} |")
   v = mech["variance_by_zone"]
@@ -226,14 +230,18 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
             f"| boundary variance ÷ other zones | {mech['variance_ratio_boundary']:.2f}× |",
             f"| injected variants: median first r̄ (IQR), n | {mech['injected_first_rbar_median']:.3f} "
             f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |"]
+  if bench:
+    lines += ["", "| benchmark | machine | rollout engine (sampled tok/s) | re-prefill baseline | speedup | train tok/s "
+              "| train shape | MFU | measured matmul peak (GFLOP/s) |", "|---|---|---|---|---|---|---|---|---|"]
   for name, b in bench.items():
-    lines += ["", f"Benchmark `{name}` ({b.get('machine', {}).get('device', b.get('machine'))}):",
-              f"rollout engine {b.get('rollout', {}).get('engine_tokens_per_s', float('nan')):.0f} tok/s vs re-prefill "
-              f"{b.get('rollout', {}).get('reprefill_tokens_per_s', float('nan')):.0f} tok/s "
-              f"(speedup {b.get('rollout', {}).get('speedup', float('nan')):.2f}×); train "
-              f"{b.get('train', {}).get('tokens_per_s', float('nan')):.0f} tok/s, MFU "
-              f"{100 * b.get('train', {}).get('mfu', float('nan')):.1f} % of a measured "
-              f"{b.get('train', {}).get('peak_gflops', float('nan')):.0f} GFLOP/s matmul peak."]
+    m, r, t = b.get("machine", {}), b.get("rollout", {}), b.get("train", {})
+    fmt = lambda v, f: "—" if v is None else format(v, f)
+    lines.append(f"| {name} | {m.get('device_kind')} ×{m.get('devices')} ({m.get('cpu_count')} CPU cores), jax "
+                 f"{m.get('jax')} | {fmt(r.get('engine_tokens_per_s'), '.0f')} | "
+                 f"{fmt(r.get('reprefill_tokens_per_s'), '.0f')} | {fmt(r.get('speedup'), '.2f')} | "
+                 f"{fmt(t.get('tokens_per_s'), '.0f')} | {t.get('batch')}×{t.get('seq')}, "
+                 f"{fmt(t.get('matmul_params'), ',')} matmul params | {fmt(100 * t['mfu'] if 'mfu' in t else None, '.1f')} % | "
+                 f"{fmt(t.get('peak_gflops'), '.0f')} |")
   return "\n".join(lines) + "\n"
 
 
