@@ -153,19 +153,25 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
     fig.savefig(p, dpi=110, bbox_inches="tight")
     made.append(p)
 
-  # Learning curves: mean over seeds per arm, held-out greedy success vs trajectories.
-  fig = Figure(figsize=(7, 4.5))
-  ax = fig.subplots()
+  # Learning curves: mean over seeds per arm; held-out greedy success and mean R_P vs trajectories.
+  fig = Figure(figsize=(12, 4.2))
+  axes = fig.subplots(1, 2)
+  n_tasks = None
   for arm, a in arms.items():
-    curves = [metrics_lib.series(runs[n]["records"], "eval/success") for n in a["runs"]]
-    xs = curves[0][0]
-    ys = np.stack([c[1][:len(xs)] for c in curves if len(c[1]) >= len(xs)])
-    ax.plot(xs, 100 * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
-            linewidth=2.5 if arm in ("rods", "static") else 1.2)
-  ax.set_xlabel("trajectories consumed")
-  ax.set_ylabel("held-out success (%) — greedy, 400 toolworld test tasks")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize="small", ncol=2)
+    for ax, key, scale in ((axes[0], "eval/success", 100.0), (axes[1], "eval/progress", 1.0)):
+      curves = [metrics_lib.series(runs[n]["records"], key) for n in a["runs"]]
+      xs = min((c[0] for c in curves), key=len)
+      ys = np.stack([c[1][:len(xs)] for c in curves])
+      ax.plot(xs, scale * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
+              linewidth=2.5 if arm in ("rods", "static") else 1.2)
+    n_tasks = next((r.get("eval/n_tasks") for n in a["runs"] for r in runs[n]["records"] if "eval/n_tasks" in r),
+                   n_tasks)
+  axes[0].set_ylabel(f"held-out success (%), greedy, {n_tasks} toolworld test tasks")
+  axes[1].set_ylabel("held-out mean progress reward R_P")
+  for ax in axes:
+    ax.set_xlabel("trajectories consumed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
   save(fig, "learning_curves.png")
   # frac_zero_std over time per arm (smoothed).
   fig = Figure(figsize=(7, 4))
@@ -213,7 +219,21 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
   return made
 
 
-def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
+def warmup_row(runs: dict[str, dict], arms: dict[str, dict]) -> dict | None:
+  """The warm-up policy's held-out numbers: the evaluation at 0 trajectories of the static runs."""
+  names = arms.get("static", {}).get("runs", [])
+  firsts = [first_eval(runs[n]["records"]) for n in names]
+  firsts = [f for f in firsts if f is not None and f["trajectories"] == 0]
+  if not firsts:
+    return None
+  return {"accuracy_mean": float(np.mean([100 * f["eval/success"] for f in firsts])),
+          "mean_rp": float(np.mean([f["eval/progress"] for f in firsts])),
+          "per_category": {c: float(np.mean([100 * f[f"eval/{c}/success"] for f in firsts]))
+                           for c in ("base", "miss_func", "miss_param", "long_context")
+                           if all(f"eval/{c}/success" in f for f in firsts)}}
+
+
+def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None) -> str:
   lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | trajectories |"
            " distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|"]
   for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
@@ -223,6 +243,11 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
     lines.append(f"| {arm}{partial} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
                  f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | {a['distinct_tasks']} |")
+  if warm:
+    c = warm["per_category"]
+    lines.append(f"| warm-up policy (before GRPO) | {warm['accuracy_mean']:.2f} | " + " | ".join(
+        f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
+                 f" | {warm['mean_rp']:.3f} | | 0 | |")
   v = mech["variance_by_zone"]
   lines += ["", "| mechanism | value |", "|---|---|",
             f"| mean within-group variance: hard / boundary / mastered | {v['hard']:.4f} / {v['boundary']:.4f} / "
@@ -245,6 +270,23 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+BEGIN, END = "<!-- tables:begin (written by launch.report) -->", "<!-- tables:end -->"
+
+
+def fill_markers(path: str, text: str) -> None:
+  """Replaces what lies between the table markers of ``path`` (the hand-written report) with ``text``."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    doc = f.read()
+  if BEGIN not in doc or END not in doc:
+    return
+  head, rest = doc.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(head + BEGIN + "\n" + text + END + tail)
+
+
 def main(argv):
   del argv
   if FLAGS.import_runs:
@@ -254,6 +296,7 @@ def main(argv):
   if not runs:
     raise app.UsageError(f"no runs in {FLAGS.runs_dir}")
   arms = arm_table(runs)
+  warm = warmup_row(runs, arms)
   mech = mechanism(runs)
   bench = {}
   if os.path.isdir(FLAGS.benchmarks):
@@ -262,13 +305,15 @@ def main(argv):
         with open(os.path.join(FLAGS.benchmarks, fn)) as f:
           bench[fn[:-5]] = json.load(f)
   made = figures(runs, arms, mech, os.path.join(FLAGS.docs, "figures"))
-  out = {"arms": arms, "mechanism": {k: v for k, v in mech.items() if not k.startswith("_")},
+  out = {"arms": arms, "warmup_policy": warm, "mechanism": {k: v for k, v in mech.items() if not k.startswith("_")},
          "runs_dir": FLAGS.runs_dir, "benchmarks": bench}
   with open(os.path.join(FLAGS.docs, "results.json"), "w") as f:
     json.dump(out, f, indent=1, sort_keys=True)
+  text = tables(arms, mech, bench, warm)
   with open(os.path.join(FLAGS.docs, "results_tables.md"), "w") as f:
-    f.write(tables(arms, mech, bench))
-  print(tables(arms, mech, bench))
+    f.write(text)
+  fill_markers(os.path.join(FLAGS.docs, "results.md"), text)
+  print(tables(arms, mech, bench, warm))
   print("figures:", *made, sep="\n  ")
 
 
