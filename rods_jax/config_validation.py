@@ -187,6 +187,10 @@ def _check_consistency(c, num_devices: int | None) -> None:
   else:
     mesh = resolve_mesh(c.mesh, num_devices)
     dp = mesh["data"] * mesh["fsdp"]
+  # The trainer recomputes log π at grpo.temperature; PPO ratios are only meaningful if that is the sampler's.
+  if c.rollout.temperature > 0 and c.grpo.temperature != c.rollout.temperature:
+    _fail("grpo.temperature", c.grpo.temperature, f"differs from config.rollout.temperature="
+          f"{c.rollout.temperature}: the trainer's log-probs must use the sampling temperature")
   if c.rollout.k < 2:
     _fail("rollout.k", c.rollout.k, "must be >= 2: group-relative advantages and the boundary detector need K >= 2 "
           "rollouts per task")

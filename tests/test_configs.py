@@ -114,6 +114,7 @@ def _set_many(**fields):
 
 
 BAD = [
+    (lambda c: setattr(c.grpo, "temperature", 0.7), 1, "grpo.temperature"),
     (lambda c: setattr(c, "arm", "grpo_plus"), 8, r"config\.arm='grpo_plus' is not one of"),
     (_set("mesh.data", 3), 8, r"config\.mesh\.data=3 x config\.mesh\.tensor=1 = 3 does not divide the 8 devices"),
     (_set_many(mesh__data=2, mesh__fsdp=2, mesh__tensor=1), 8, r"config\.mesh\.data=2 x config\.mesh\.fsdp=2 .* != 8"),
