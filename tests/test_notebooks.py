@@ -6,7 +6,7 @@ import pytest
 from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NOTEBOOKS = ("quickstart", "bfcl_eval")
+NOTEBOOKS = ("quickstart", "boundary_analysis", "bfcl_eval")
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
