@@ -135,12 +135,20 @@ def mechanism(runs: dict[str, dict]) -> dict:
   var = {z: (num[z] / den[z] if den[z] else float("nan")) for z in num}
   other_den = den["hard"] + den["mastered"]
   other = (num["hard"] + num["mastered"]) / other_den if other_den else float("nan")
-  firsts = [e["rbar"] for run in runs.values() for e in run["events"] if e.get("event") == "first_obs"]
+  # Boundary-targeted synthesis (rods and its ablations) vs env_augment's uniform perturbations, kept apart.
+  def first_rbars(pred):
+    return [e["rbar"] for name, run in runs.items() if pred(name) for e in run["events"]
+            if e.get("event") == "first_obs"]
+
+  firsts = first_rbars(lambda n: not n.startswith("env_augment"))
+  augment = first_rbars(lambda n: n.startswith("env_augment"))
   return {"variance_by_zone": var, "variance_other_zones": other,
           "variance_ratio_boundary": var["boundary"] / other if other else float("inf"),
           "injected_first_rbar_median": float(np.median(firsts)) if firsts else float("nan"),
           "injected_first_rbar_iqr": [float(np.percentile(firsts, 25)), float(np.percentile(firsts, 75))]
-          if firsts else [], "injected_first_rbar_n": len(firsts), "_firsts": firsts}
+          if firsts else [], "injected_first_rbar_n": len(firsts), "_firsts": firsts,
+          "env_augment_first_rbar_median": float(np.median(augment)) if augment else float("nan"),
+          "env_augment_first_rbar_n": len(augment)}
 
 
 def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: str) -> list[str]:
@@ -254,7 +262,9 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = N
             f"{v['mastered']:.4f} |",
             f"| boundary variance ÷ other zones | {mech['variance_ratio_boundary']:.2f}× |",
             f"| injected variants: median first r̄ (IQR), n | {mech['injected_first_rbar_median']:.3f} "
-            f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |"]
+            f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |",
+            f"| env_augment's uniform perturbations: median first r̄, n | "
+            f"{mech['env_augment_first_rbar_median']:.3f}, {mech['env_augment_first_rbar_n']} |"]
   if bench:
     lines += ["", "| benchmark | machine | rollout engine (sampled tok/s) | re-prefill baseline | speedup | train tok/s "
               "| train shape | MFU | measured matmul peak (GFLOP/s) |", "|---|---|---|---|---|---|---|---|---|"]
