@@ -89,7 +89,8 @@ def mean_se(xs: list[float]) -> tuple[float, float]:
   return float(a.mean()), se
 
 
-def arm_table(runs: dict[str, dict]) -> dict[str, dict]:
+def arm_table(runs: dict[str, dict], runs_dir: str) -> dict[str, dict]:
+  """Per arm (runs named <arm>_s<seed>): final held-out accuracy mean ± standard error over seeds, R_P, budget."""
   by_arm: dict[str, list[str]] = {}
   for name in runs:
     m = ARM_OF.match(name)
@@ -109,8 +110,8 @@ def arm_table(runs: dict[str, dict]) -> dict[str, dict]:
       if vals:
         cats[c] = float(np.mean(vals))
     last = [runs[n]["records"][-1] for n, _ in finals]
-    budgets = [json.load(open(os.path.join(FLAGS.runs_dir, n, "config.json")))["train"]["total_trajectories"]
-               if os.path.exists(os.path.join(FLAGS.runs_dir, n, "config.json")) else None for n, _ in finals]
+    budgets = [json.load(open(os.path.join(runs_dir, n, "config.json")))["train"]["total_trajectories"]
+               if os.path.exists(os.path.join(runs_dir, n, "config.json")) else None for n, _ in finals]
     distinct = [max((r.get("train/distinct_tasks") or 0) for r in runs[n]["records"]) for n, _ in finals]
     out[arm] = {"accuracy_mean": am, "accuracy_se": ase, "mean_rp": float(np.mean(rp)), "n_seeds": len(finals),
                 "trajectories": int(np.mean([f["trajectories"] for _, f in finals])),
@@ -305,7 +306,7 @@ def main(argv):
   runs = load(FLAGS.runs_dir)
   if not runs:
     raise app.UsageError(f"no runs in {FLAGS.runs_dir}")
-  arms = arm_table(runs)
+  arms = arm_table(runs, FLAGS.runs_dir)
   warm = warmup_row(runs, arms)
   mech = mechanism(runs)
   bench = {}
