@@ -42,7 +42,6 @@ from rods_jax.rods.queues import Outcome
 from rods_jax.rods.synth_process import pipeline_factory
 from rods_jax.rollout.engine import MultiTurnEngine
 from rods_jax.rollout.render import ChatRenderer
-from rods_jax.rollout.sampling import SamplingParams
 
 CHECKPOINT_DIR = "checkpoints"
 WARMUP_DIR = "warmup"
@@ -322,29 +321,16 @@ def rollout_metrics(batch) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def evaluate(parts: Parts, rng: jax.Array) -> dict[str, float]:
-  """Held-out evaluation on the test split: success and mean R_P overall and per category (greedy when
-  ``train.eval_k`` == 1, else sampled at the rollout temperature with pass@k over the K samples)."""
+  """Held-out evaluation on the test split through ``rods_jax.eval.evaluate`` (greedy when ``train.eval_k`` == 1,
+  else sampled at the rollout temperature with unbiased pass@j / pass^j); its metrics under ``eval/``."""
+  from rods_jax import eval as eval_lib  # pylint: disable=g-import-not-at-top
   c = parts.config
   k = int(c.train.eval_k)
-  sampling = SamplingParams(temperature=0.0) if k == 1 else None
-  chunk = int(c.rollout.tasks_per_step)  # the training prompt batch: its prefill is already compiled
-  succ, prog, cats = [], [], []
-  for i in range(0, len(parts.test_tasks), chunk):
-    tasks = parts.test_tasks[i:i + chunk]
-    out = parts.engine.rollout(parts.learner.params, parts.env, tasks, k, jax.random.fold_in(rng, i),
-                               sampling=sampling)
-    succ.append(np.asarray(out.success, bool))
-    prog.append(np.asarray(out.rewards, np.float64))
-    cats += [t.category for t in tasks]
-  s, p, cats = np.concatenate(succ), np.concatenate(prog), np.asarray(cats)
-  m = {"eval/success": float(s[:, 0].mean()), "eval/progress": float(p[:, 0].mean()),
-       "eval/pass_at_k": float(s.any(axis=1).mean()), "eval/pass_hat_k": float(s.all(axis=1).mean()),
-       "eval/n_tasks": int(len(cats))}
-  for cat in sorted(set(cats.tolist())):
-    sel = cats == cat
-    m[f"eval/{cat}/success"] = float(s[sel, 0].mean())
-    m[f"eval/{cat}/progress"] = float(p[sel, 0].mean())
-  return m
+  rollout_fn = eval_lib.engine_rollout_fn(parts.engine, parts.learner.params, parts.env, c.rollout)
+  # chunk = the training prompt batch: its prefill is already compiled.
+  result = eval_lib.evaluate(rollout_fn, parts.test_tasks, mode="greedy" if k == 1 else "sampled", k=k, rng=rng,
+                             chunk=int(c.rollout.tasks_per_step))
+  return {f"eval/{key}": value for key, value in result.metrics.items()}
 
 
 def _write_eval(parts: Parts, m: dict[str, float]) -> None:
