@@ -242,7 +242,24 @@ def warmup_row(runs: dict[str, dict], arms: dict[str, dict]) -> dict | None:
                            if all(f"eval/{c}/success" in f for f in firsts)}}
 
 
-def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None) -> str:
+def warmup_calibration(runs_dir: str) -> list[str]:
+  """The warm-up's seed-zone table from ``<runs_dir>/warmup_sft_history.json`` (``rods_jax.rl.sft`` history)."""
+  path = os.path.join(runs_dir, "warmup_sft_history.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    hist = json.load(f)
+  lines = ["| SFT step | loss | hard | boundary | mastered | seed mean R_P |", "|---|---|---|---|---|---|"]
+  for h in hist["history"]:
+    if "eval" in h:
+      e, mark = h["eval"], " (selected)" if h["step"] == hist.get("best_step") else ""
+      lines.append(f"| {h['step']}{mark} | {h['loss']:.3f} | {e['hard']:.2f} | {e['boundary']:.2f} | "
+                   f"{e['mastered']:.2f} | {e['reward_mean']:.3f} |")
+  return ["", "Warm-up calibration (seed zones at K = 8 during supervised training):", ""] + lines
+
+
+def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None,
+           calibration: list[str] | None = None) -> str:
   lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | trajectories |"
            " distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|"]
   for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
@@ -266,6 +283,7 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = N
             f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |",
             f"| env_augment's uniform perturbations: median first r̄, n | "
             f"{mech['env_augment_first_rbar_median']:.3f}, {mech['env_augment_first_rbar_n']} |"]
+  lines += calibration or []
   if bench:
     lines += ["", "| benchmark | machine | rollout engine (sampled tok/s) | re-prefill baseline | speedup | train tok/s "
               "| train shape | MFU | measured matmul peak (GFLOP/s) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -320,11 +338,11 @@ def main(argv):
          "runs_dir": FLAGS.runs_dir, "benchmarks": bench}
   with open(os.path.join(FLAGS.docs, "results.json"), "w") as f:
     json.dump(out, f, indent=1, sort_keys=True)
-  text = tables(arms, mech, bench, warm)
+  text = tables(arms, mech, bench, warm, warmup_calibration(FLAGS.runs_dir))
   with open(os.path.join(FLAGS.docs, "results_tables.md"), "w") as f:
     f.write(text)
   fill_markers(os.path.join(FLAGS.docs, "results.md"), text)
-  print(tables(arms, mech, bench, warm))
+  print(tables(arms, mech, bench, warm, warmup_calibration(FLAGS.runs_dir)))
   print("figures:", *made, sep="\n  ")
 
 
