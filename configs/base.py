@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   # a decode call returns to the host once this fraction of its active rows has stopped (the rest resume next call):
   # < 1 trades more (cheap) host rounds for fewer idle decode steps; 1 = every row finishes its message first
   c.rollout.min_stopped_frac = 1.0
+  # decode / incremental prefill run only the rows that have work (finished or waiting rows are left out), padded to
+  # a power of two >= this; 0 = always run all B*K rows. Late in a rollout most rows are done: this is where it pays.
+  c.rollout.compact_min_rows = 8
 
   # --- GRPO (rods_jax/rl) ---
   c.grpo = ml_collections.ConfigDict()

@@ -102,7 +102,8 @@ def _summary(batch, wall: float) -> dict[str, float]:
   return {"wall_s": wall, "sampled_tokens": sampled, "trajectory_tokens": int(batch.lengths.sum()),
           "sampled_tokens_per_s": sampled / wall, "tokens_per_s": float(batch.lengths.sum()) / wall,
           **{f"{k}_s": float(v) for k, v in batch.timings.items() if k != "total"},
-          "prefill_tokens": int(batch.stats["prefill_tokens"]), "decode_steps": int(batch.stats["decode_steps"])}
+          **{k: int(batch.stats[k]) for k in ("prefill_tokens", "prefill_row_slots", "prefill_calls", "decode_steps",
+                                              "decode_row_steps", "decode_calls")}}
 
 
 def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, warmup: int, preset: str,
@@ -126,6 +127,10 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
   graphdef, params = nnx.split(model)
   engines = {"engine": MultiTurnEngine(graphdef, tok, ChatRenderer(tok), config.rollout, model_cfg)}
   engines["reprefill"] = engines["engine"]
+  if int(config.rollout.compact_min_rows) > 0:  # the same engine without row compaction: what compaction buys
+    whole = config.rollout.copy_and_resolve_references()
+    whole.compact_min_rows = 0
+    engines["engine_uncompacted"] = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), whole, model_cfg)
   if 0.0 < min_stopped_frac < 1.0:
     early = config.rollout.copy_and_resolve_references()
     early.min_stopped_frac = min_stopped_frac
@@ -162,6 +167,8 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
       "engine_trajectory_tokens_per_s": med["engine"]["tokens_per_s"],
       "reprefill_trajectory_tokens_per_s": med["reprefill"]["tokens_per_s"],
       **med, "repeats": {n: rs for n, rs in runs.items()},
+      **({"engine_uncompacted_speedup": med["engine_uncompacted"]["sampled_tokens_per_s"] /
+          med["reprefill"]["sampled_tokens_per_s"]} if "engine_uncompacted" in med else {}),
       **({"engine_early_speedup": med["engine_early"]["sampled_tokens_per_s"] /
           med["reprefill"]["sampled_tokens_per_s"], "engine_early_min_stopped_frac": min_stopped_frac}
          if "engine_early" in med else {}),
@@ -170,7 +177,8 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
                 "temperature": temperature, "checkpoint": checkpoint_dir, "policy": policy_info,
                 "max_tokens_per_message": int(config.rollout.max_tokens_per_message),
                 "max_trajectory_tokens": int(config.rollout.max_trajectory_tokens),
-                "kv_bucket": int(config.rollout.kv_bucket), "prefill_bucket": int(config.rollout.prefill_bucket)},
+                "kv_bucket": int(config.rollout.kv_bucket), "prefill_bucket": int(config.rollout.prefill_bucket),
+                "compact_min_rows": int(config.rollout.compact_min_rows)},
   }
 
 

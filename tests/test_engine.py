@@ -177,6 +177,7 @@ class ScriptedEnv:
 def _rollout_cfg(**kw):
   c = ml_collections.ConfigDict(dict(
       temperature=1.0, top_p=1.0, top_k=0, max_steps_per_turn=2, max_tokens_per_message=6, min_stopped_frac=1.0,
+      compact_min_rows=0,
       max_trajectory_tokens=384, cache_capacity=384, kv_bucket=384, prefill_bucket=128,
       stop_strings=("<|im_end|>",)))  # one kv bucket, few prefill widths: few compilations (bucketing: test_sampler)
   c.update(kw)
@@ -313,7 +314,8 @@ def test_reprefill_baseline_and_bucketing_match_engine(tokenizer, tiny_model):
   (min_stopped_frac < 1: rows resume mid-message) give the same greedy trajectories."""
   cfg, graphdef, params = tiny_model
   bucketed = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer),
-                             _rollout_cfg(kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.3), cfg)
+                             _rollout_cfg(kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.3,
+                                          compact_min_rows=1), cfg)
   engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), _rollout_cfg(), cfg)
   greedy = SamplingParams(temperature=0.0)
   a = bucketed.rollout(params, ScriptedEnv(), TASKS, 2, jax.random.key(0), sampling=greedy)
@@ -321,6 +323,9 @@ def test_reprefill_baseline_and_bucketing_match_engine(tokenizer, tiny_model):
   np.testing.assert_array_equal(a.tokens, b.tokens)
   np.testing.assert_allclose(a.sampler_logps, b.sampler_logps, atol=1e-4)
   assert b.stats["prefill_tokens"] > a.stats["prefill_tokens"]
+  # the compacted engine ran fewer row-steps than all rows for every decode step (rows finish at different times)
+  assert a.stats["decode_row_steps"] < a.stats["decode_steps"] * len(TASKS) * 2, a.stats
+  assert a.stats["prefill_row_slots"] < b.stats["prefill_row_slots"], (a.stats, b.stats)
 
 
 # ------------------------------------------------------------------------------------------------ toolworld + lab

@@ -69,6 +69,49 @@ def test_incremental_rows_extended_by_different_amounts_equal_full_forward(model
   assert np.abs(full[0, 1] - full[0, 2]).max() > 1e-2
 
 
+def test_compacted_rows_equal_full_forward_and_leave_other_rows_alone(model):
+  """extend(rows=...) on a compacted batch (rows in any order, padding entries >= B) writes only those cache rows:
+  every logit equals the full forward (<= 1e-5), untouched rows keep bit-identical k/v/length, padding changes
+  nothing."""
+  rng = np.random.default_rng(11)
+  b, t, cap = 5, 14, 24
+  tokens = rng.integers(0, V, (b, t)).astype(np.int32)
+  full = _full(model, tokens, np.full(b, t))
+  gd, params = nnx.split(model)
+  step = jax.jit(extend_fn, static_argnums=(0, 5, 6))
+  cache = init_cache(model.cfg, b, cap)
+  cache, written, errs = cache, np.zeros(b, int), []
+  # (cache rows of the compacted batch incl. padding b, tokens each appends)
+  schedule = [([4, 0, 2, 1, 3], [6, 3, 5, 2, 4]), ([2, 5, 0, 5], [3, 0, 1, 0]), ([1, 5], [1, 0]),
+              ([3, 1, 5, 5], [4, 2, 0, 0]), ([0, 4, 2, 3, 1], [1, 1, 1, 1, 1])]
+  for rows, amounts in schedule:
+    rows, amounts = np.asarray(rows, np.int32), np.asarray(amounts)
+    before = jax.tree.map(np.asarray, cache)
+    chunk = np.zeros((len(rows), 8), np.int32)
+    valid = np.zeros((len(rows), 8), bool)
+    for j, (r, a) in enumerate(zip(rows, amounts)):
+      if r < b:
+        chunk[j, :a] = tokens[r, written[r]:written[r] + a]
+        valid[j, :a] = True
+    logits, cache = step(gd, params, jnp.asarray(chunk), jnp.asarray(valid), cache, cap, False, jnp.asarray(rows))
+    logits = np.asarray(logits)
+    assert logits.shape[0] == len(rows)
+    for j, (r, a) in enumerate(zip(rows, amounts)):
+      for i in range(a if r < b else 0):
+        errs.append(np.abs(logits[j, i] - full[r, written[r] + i]).max())
+    touched = {int(r) for r, a in zip(rows, amounts) if r < b and a > 0}
+    for r in set(range(b)) - touched:  # bit-identical
+      np.testing.assert_array_equal(np.asarray(cache.k)[:, r], before.k[:, r])
+      np.testing.assert_array_equal(np.asarray(cache.v)[:, r], before.v[:, r])
+    for r, a in zip(rows, amounts):
+      if r < b:
+        written[r] += a
+    np.testing.assert_array_equal(np.asarray(cache.length), written)
+  assert len(errs) == written.sum() and max(errs) <= 1e-5, max(errs)
+  with pytest.raises(ValueError, match="rows"):
+    model.extend(jnp.asarray(chunk), jnp.asarray(valid), cache, rows=jnp.zeros((2,), jnp.int32))
+
+
 def test_bucketed_kv_len_and_last_only(model):
   """kv_len < capacity gives the same logits as full attention; last_only picks each row's last valid token; a
   non-prefix valid mask is compacted (valid tokens appended in order)."""

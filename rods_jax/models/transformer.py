@@ -111,16 +111,23 @@ class Attention(nnx.Module):
     q, k, v = self.qkv(x, positions)
     return self.out(chunked_gqa_attention(q, k, v, mask, self.cfg.attn_chunk))
 
-  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer: int, kv_len: int):
+  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer: int, kv_len: int, rows=None):
     """Writes this chunk's k/v at `slots` of layer `layer` (slot == capacity: dropped) and attends over the first
-    kv_len slots. cache_k/v: [L, B, S, Hkv, Dh]."""
+    kv_len slots. cache_k/v: [L, B, S, Hkv, Dh]; rows: None (x holds every cache row) or [R] cache row of each x row
+    (entries >= B: padding, never written)."""
     q, k, v = self.qkv(x, positions)
-    rows = jnp.broadcast_to(jnp.arange(x.shape[0])[:, None], slots.shape)
-    cache_k = cache_k.at[layer, rows, slots].set(k.astype(cache_k.dtype), mode="drop")
-    cache_v = cache_v.at[layer, rows, slots].set(v.astype(cache_v.dtype), mode="drop")
+    if rows is None:
+      rows = jnp.arange(x.shape[0])
+      read = lambda c: c[layer, :, :kv_len]
+    else:  # compacted batch: only these rows are read and written (cost scales with R, not with B)
+      safe = jnp.minimum(rows, cache_k.shape[1] - 1)
+      read = lambda c: c[layer, safe, :kv_len]
+    scatter_rows = jnp.broadcast_to(rows[:, None], slots.shape)
+    cache_k = cache_k.at[layer, scatter_rows, slots].set(k.astype(cache_k.dtype), mode="drop")
+    cache_v = cache_v.at[layer, scatter_rows, slots].set(v.astype(cache_v.dtype), mode="drop")
     cache_k, cache_v = constrain(cache_k, _CACHE), constrain(cache_v, _CACHE)  # keep the donated layout
-    keys = cache_k[layer, :, :kv_len].astype(q.dtype)
-    values = cache_v[layer, :, :kv_len].astype(q.dtype)
+    keys = read(cache_k).astype(q.dtype)
+    values = read(cache_v).astype(q.dtype)
     return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk)), cache_k, cache_v
 
 
@@ -154,8 +161,9 @@ class Block(nnx.Module):
     x = x + self.attn(self.attn_norm(x), positions, mask)
     return constrain(x + self.mlp(self.mlp_norm(x)), _BTD)
 
-  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer, kv_len):
-    a, cache_k, cache_v = self.attn.extend(self.attn_norm(x), positions, slots, mask, cache_k, cache_v, layer, kv_len)
+  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer, kv_len, rows=None):
+    a, cache_k, cache_v = self.attn.extend(self.attn_norm(x), positions, slots, mask, cache_k, cache_v, layer, kv_len,
+                                           rows)
     x = x + a
     return constrain(x + self.mlp(self.mlp_norm(x)), _BTD), cache_k, cache_v
 
@@ -213,7 +221,7 @@ class Transformer(nnx.Module):
     return self.logits(self.hidden(tokens, positions, mask))
 
   def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache, kv_len: int | None = None,
-             last_only: bool = False) -> tuple[jax.Array, KVCache]:
+             last_only: bool = False, rows: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
     """Appends each row's valid tokens to its cache row and returns their logits.
 
     Row b's valid tokens (in order; valid[b] is normally a prefix of True) go to slots length[b] .. length[b]+n_b-1,
@@ -221,32 +229,41 @@ class Transformer(nnx.Module):
     default capacity) limits attention to the first kv_len slots: callers must keep length + n_b <= kv_len and
     <= capacity (slots past capacity are dropped). Returns logits [B, T, V] float32 (rows of invalid tokens are
     finite garbage), or [B, V] for each row's last valid token when `last_only` (rows with n_b = 0: garbage).
+
+    `rows` ([R] int32, optional) compacts the batch: tokens/valid are [R, T] and their row r belongs to cache row
+    rows[r]; every other cache row is neither read nor written, so a step over the R rows that have work costs R/B
+    of a full one. Entries >= B are padding (their tokens must be invalid) and change nothing. Logits are [R, ...].
     """
     _check_2d(tokens=tokens, valid=valid)
-    if tokens.shape[0] != cache.length.shape[0]:
-      raise ValueError(f"extend: tokens batch {tokens.shape[0]} != cache batch {cache.length.shape[0]}")
+    n_cache_rows = cache.length.shape[0]
+    if rows is None and tokens.shape[0] != n_cache_rows:
+      raise ValueError(f"extend: tokens batch {tokens.shape[0]} != cache batch {n_cache_rows}")
+    if rows is not None and rows.shape != (tokens.shape[0],):
+      raise ValueError(f"extend: rows has shape {rows.shape}; expected ({tokens.shape[0]},)")
     capacity = cache.k.shape[2]
     kv_len = capacity if kv_len is None else int(kv_len)
     if not 0 < kv_len <= capacity:
       raise ValueError(f"extend: kv_len={kv_len} must be in [1, capacity={capacity}]")
     valid = valid.astype(bool)
+    length = cache.length if rows is None else cache.length[jnp.minimum(rows, n_cache_rows - 1)]
     rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # index of each valid token among the row's new ones
     n_new = rank[:, -1] + 1
-    positions = cache.length[:, None] + jnp.maximum(rank, 0)
+    positions = length[:, None] + jnp.maximum(rank, 0)
     slots = jnp.where(valid, positions, capacity)  # invalid -> out of range -> dropped by the scatter
-    new_length = cache.length + n_new
+    row_length = length + n_new
     key = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]
-    mask = (key <= positions[:, :, None]) & (key < new_length[:, None, None]) & valid[:, :, None]
+    mask = (key <= positions[:, :, None]) & (key < row_length[:, None, None]) & valid[:, :, None]
 
     x = self.embed_tokens(tokens)
     cache_k, cache_v = cache.k, cache.v
     for i, block in enumerate(self.layers):
-      x, cache_k, cache_v = block.extend(x, positions, slots, mask, cache_k, cache_v, i, kv_len)
+      x, cache_k, cache_v = block.extend(x, positions, slots, mask, cache_k, cache_v, i, kv_len, rows)
     if last_only:
       last = jnp.maximum(n_new - 1, 0)
       idx = jnp.argmax(jnp.where(valid, rank, -1) == last[:, None], axis=1)
       x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
     logits = self.logits(self.final_norm(x))
+    new_length = row_length if rows is None else cache.length.at[rows].set(row_length, mode="drop")
     return logits, KVCache(cache_k, cache_v, new_length)
 
 
@@ -269,9 +286,10 @@ def forward_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, pos
 
 
 def extend_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array, cache: KVCache,
-              kv_len: int | None = None, last_only: bool = False) -> tuple[jax.Array, KVCache]:
+              kv_len: int | None = None, last_only: bool = False,
+              rows: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
   """Functional extend; jit it with static kv_len/last_only and donate the cache."""
-  return nnx.merge(graphdef, params).extend(tokens, valid, cache, kv_len=kv_len, last_only=last_only)
+  return nnx.merge(graphdef, params).extend(tokens, valid, cache, kv_len=kv_len, last_only=last_only, rows=rows)
 
 
 def create_model(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Transformer:

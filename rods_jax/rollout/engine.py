@@ -39,6 +39,7 @@ class EngineLimits:
   prefill_bucket: int
   stop_strings: tuple[str, ...]
   min_stopped_frac: float
+  compact_min_rows: int
 
   @classmethod
   def from_config(cls, rollout_cfg) -> "EngineLimits":
@@ -48,9 +49,11 @@ class EngineLimits:
         max_trajectory_tokens=int(rollout_cfg.max_trajectory_tokens),
         cache_capacity=int(rollout_cfg.cache_capacity), kv_bucket=int(rollout_cfg.kv_bucket),
         prefill_bucket=int(rollout_cfg.prefill_bucket), stop_strings=tuple(rollout_cfg.stop_strings),
-        min_stopped_frac=float(rollout_cfg.min_stopped_frac))
+        min_stopped_frac=float(rollout_cfg.min_stopped_frac), compact_min_rows=int(rollout_cfg.compact_min_rows))
     if not 0.0 < lim.min_stopped_frac <= 1.0:
       raise ValueError(f"config.rollout.min_stopped_frac={lim.min_stopped_frac} must be in (0, 1]")
+    if lim.compact_min_rows < 0:
+      raise ValueError(f"config.rollout.compact_min_rows={lim.compact_min_rows} must be >= 0 (0 = never compact)")
     for name in ("max_steps_per_turn", "max_tokens_per_message", "max_trajectory_tokens", "kv_bucket",
                  "prefill_bucket"):
       if getattr(lim, name) <= 0:
@@ -138,8 +141,8 @@ class MultiTurnEngine:
     samp = self.sampling if sampling is None else sampling
     params = params if isinstance(params, tuple) else (params,)
     times = {"prefill": 0.0, "decode": 0.0, "tools": 0.0}
-    stats = {"prefill_calls": 0, "prefill_rows_first": 0, "prefill_rows": 0, "prefill_tokens": 0, "decode_calls": 0, "decode_steps": 0,
-             "sampled_tokens": 0}
+    stats = {"prefill_calls": 0, "prefill_rows_first": 0, "prefill_rows": 0, "prefill_row_slots": 0,
+             "prefill_tokens": 0, "decode_calls": 0, "decode_steps": 0, "decode_row_steps": 0, "sampled_tokens": 0}
     t_start = time.perf_counter()
     n_rows = len(tasks) * k
 
@@ -172,7 +175,7 @@ class MultiTurnEngine:
     jax.block_until_ready(logits)
     times["prefill"] += time.perf_counter() - t0
 
-    stop_ids = jnp.asarray(np.tile(np.asarray(self.stop_ids, np.int32)[None], (n_rows, 1)))
+    stop_ids = {}  # compacted batch size -> [size, n_stop] device array
     segment = 0
     while True:
       active = np.array([not r.finished for r in rows])
@@ -184,17 +187,32 @@ class MultiTurnEngine:
       min_stopped = 0 if lim.min_stopped_frac >= 1.0 else max(1, int(np.ceil(lim.min_stopped_frac * active.sum())))
       kv_len = sampler.kv_bucket(max(len(r.tokens) + int(m) for r, m in zip(rows, max_new) if not r.finished),
                                  lim.kv_bucket, lim.cache_capacity)
-      # --- 1. decode ---
+      # --- 1. decode (only the unfinished rows, compacted to a bucket, when that is smaller than all rows) ---
       t0 = time.perf_counter()
-      state = sampler.new_decode_state(cache, logits, active, max_new, lim.max_tokens_per_message,
-                                       jax.random.fold_in(rng, segment))
-      state = sampler.decode(self.graphdef, params, state, stop_ids, jnp.int32(min_stopped), sampling=samp,
+      sel = self._compact(np.flatnonzero(active), n_rows)
+      size = n_rows if sel is None else len(sel)
+      if size not in stop_ids:
+        stop_ids[size] = jnp.asarray(np.tile(np.asarray(self.stop_ids, np.int32)[None], (size, 1)))
+      key = jax.random.fold_in(rng, segment)
+      if sel is None:
+        state = sampler.new_decode_state(cache, logits, active, max_new, lim.max_tokens_per_message, key)
+      else:
+        busy = sel < n_rows
+        safe = np.minimum(sel, n_rows - 1)
+        state = sampler.new_decode_state(cache, jnp.take(logits, jnp.asarray(safe), axis=0), busy,
+                                         np.where(busy, max_new[safe], 0), lim.max_tokens_per_message, key, rows=sel)
+      state = sampler.decode(self.graphdef, params, state, stop_ids[size], jnp.int32(min_stopped), sampling=samp,
                              kv_len=kv_len)
-      cache, logits = state.cache, state.logits
+      cache = state.cache
+      logits = state.logits if sel is None else sampler.put_rows(logits, jnp.asarray(sel), state.logits)
       out_tokens, out_logps, n_new, still = jax.device_get((state.tokens, state.logps, state.n_new, state.active))
+      if sel is not None:  # back to one entry per row (rows left out sampled nothing)
+        out_tokens, out_logps, n_new, still = (_scatter_rows(x, sel, n_rows) for x in
+                                               (out_tokens, out_logps, n_new, still))
       times["decode"] += time.perf_counter() - t0
       stats["decode_calls"] += 1
       stats["decode_steps"] += int(n_new.max())
+      stats["decode_row_steps"] += int(n_new.max()) * size
       stats["sampled_tokens"] += int(n_new.sum())
       segment += 1
 
@@ -270,25 +288,43 @@ class MultiTurnEngine:
     r.chat = chat
     return delta
 
+  def _compact(self, busy: np.ndarray, n_rows: int) -> np.ndarray | None:
+    """Row indices of a compacted batch: the busy rows, padded with n_rows (= "no row") up to a power-of-two bucket;
+    None when compaction is off or the bucket would not be smaller than all rows."""
+    if self.limits.compact_min_rows <= 0:
+      return None
+    size = sampler.row_bucket(len(busy), n_rows, self.limits.compact_min_rows)
+    if size >= n_rows:
+      return None
+    sel = np.full((size,), n_rows, np.int32)
+    sel[:len(busy)] = busy
+    return sel
+
   def _prefill(self, params, cache, logits, seqs: Sequence[Sequence[int]], stats, base=None):
-    """One batched prefill of per-row token lists (empty = untouched row), bucketed to static shapes."""
+    """One batched prefill of per-row token lists (empty = untouched row), bucketed to static shapes; only the rows
+    with tokens are computed when compaction makes the batch smaller."""
     lim = self.limits
     n = len(seqs)
-    width = sampler.round_up(max(len(s) for s in seqs), lim.prefill_bucket)
-    tokens = np.zeros((n, width), np.int32)
-    valid = np.zeros((n, width), bool)
-    for i, s in enumerate(seqs):
-      tokens[i, :len(s)] = s
-      valid[i, :len(s)] = True
     base = [0] * n if base is None else base
-    kv_len = sampler.kv_bucket(max(b + len(s) for b, s in zip(base, seqs)), lim.kv_bucket, lim.cache_capacity)
+    busy = np.array([i for i, s in enumerate(seqs) if s], np.int32)
+    sel = self._compact(busy, n)
+    order = range(n) if sel is None else [int(i) for i in sel]
+    width = sampler.round_up(max(len(s) for s in seqs), lim.prefill_bucket)
+    tokens = np.zeros((len(order), width), np.int32)
+    valid = np.zeros((len(order), width), bool)
+    for j, i in enumerate(order):
+      if i < n:
+        tokens[j, :len(seqs[i])] = seqs[i]
+        valid[j, :len(seqs[i])] = True
+    kv_len = sampler.kv_bucket(max(base[i] + len(seqs[i]) for i in busy), lim.kv_bucket, lim.cache_capacity)
     if not stats["prefill_calls"]:
-      stats["prefill_rows_first"] = sum(1 for s in seqs if s)
+      stats["prefill_rows_first"] = len(busy)
     stats["prefill_calls"] += 1
-    stats["prefill_rows"] += sum(1 for s in seqs if s)
+    stats["prefill_rows"] += len(busy)
+    stats["prefill_row_slots"] += len(order) * width
     stats["prefill_tokens"] += sum(len(s) for s in seqs)
     return sampler.prefill(self.graphdef, params, cache, logits, jnp.asarray(tokens), jnp.asarray(valid),
-                           kv_len=kv_len)
+                           None if sel is None else jnp.asarray(sel), kv_len=kv_len)
 
   def _pack(self, tasks, k: int, rows: list[_Row], times, stats) -> RolloutBatch:
     t = self.limits.max_trajectory_tokens
@@ -315,3 +351,11 @@ class MultiTurnEngine:
         turns_closed=np.array([x.turns_closed for x in results], np.int32),
         truncated=np.array([r.truncated for r in rows], bool), lengths=lengths, timings=times, stats=stats,
         messages=tuple(r.chat.messages for r in rows))
+
+
+def _scatter_rows(x: np.ndarray, sel: np.ndarray, n_rows: int) -> np.ndarray:
+  """A compacted batch's per-row array back to n_rows entries (rows not in ``sel``: zeros / False)."""
+  out = np.zeros((n_rows,) + x.shape[1:], x.dtype)
+  keep = sel < n_rows
+  out[sel[keep]] = x[keep]
+  return out

@@ -28,13 +28,15 @@ class DecodeState(NamedTuple):
 
   Attributes:
     cache: the model's KV cache (k, v: [L, B, S, Hkv, Dh], length: [B]).
-    logits: [B, V] float32 next-token logits of each row.
+    logits: [R, V] float32 next-token logits of each decoded row.
     active: [B] bool, the row is still sampling in this segment.
     n_new: [B] int32, tokens sampled in this segment.
     max_new: [B] int32, per-row cap on tokens in this segment (<= M).
     tokens: [B, M] int32 sampled tokens of this segment (row b's first n_new[b] entries are meaningful).
     logps: [B, M] float32 their log-probs (``sampling.token_logps`` convention).
     rng: PRNG key.
+    rows: None (R = B: the state's rows are the cache's rows) or [R] int32, the cache row of each state row
+      (entries >= B: padding rows, inactive). Every other [R, ...] field is per state row.
   """
   cache: Any
   logits: jax.Array
@@ -44,6 +46,7 @@ class DecodeState(NamedTuple):
   tokens: jax.Array
   logps: jax.Array
   rng: jax.Array
+  rows: jax.Array | None = None
 
 
 def _merge(graphdef, params):
@@ -63,16 +66,21 @@ def kv_bucket(max_slot: int, bucket: int, capacity: int) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "kv_len"), donate_argnames=("cache", "logits"))
-def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid: jax.Array, *, kv_len: int):
+def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid: jax.Array,
+            rows: jax.Array | None = None, *, kv_len: int):
   """Appends each row's valid prefix of ``tokens`` to its cache and returns (cache, next-token logits [B, V]).
 
   Row b's ``valid[b]`` must be a prefix of True; a row with no valid token keeps its cache and its old logits (so a
-  batched incremental prefill touches only the rows that have something to append).
+  batched incremental prefill touches only the rows that have something to append). With ``rows`` ([R], see
+  ``Transformer.extend``), tokens/valid are [R, T] for those cache rows only; ``logits`` stays [B, V].
   """
   model = _merge(graphdef, params)
-  last, cache = model.extend(tokens, valid, cache, kv_len=kv_len, last_only=True)
+  last, cache = model.extend(tokens, valid, cache, kv_len=kv_len, last_only=True, rows=rows)
   n = jnp.sum(valid, axis=1)
-  return cache, jnp.where((n > 0)[:, None], last.astype(jnp.float32), logits)
+  if rows is None:
+    return cache, jnp.where((n > 0)[:, None], last.astype(jnp.float32), logits)
+  old = logits[jnp.minimum(rows, logits.shape[0] - 1)]
+  return cache, logits.at[rows].set(jnp.where((n > 0)[:, None], last.astype(jnp.float32), old), mode="drop")
 
 
 def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_stopped: jax.Array | int = 0, *,
@@ -93,10 +101,10 @@ def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_
     tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
     logps = s.logps.at[rows, slot].set(lp, mode="drop")
     n_new = s.n_new + act.astype(jnp.int32)
-    out, cache = model.extend(tok[:, None], act[:, None], s.cache, kv_len=kv_len, last_only=True)
+    out, cache = model.extend(tok[:, None], act[:, None], s.cache, kv_len=kv_len, last_only=True, rows=s.rows)
     logits = jnp.where(act[:, None], out.astype(jnp.float32), s.logits)
     stopped = jnp.any(tok[:, None] == stop_ids, axis=-1) | (n_new >= s.max_new)
-    return DecodeState(cache, logits, act & ~stopped, n_new, s.max_new, tokens, logps, rng)
+    return DecodeState(cache, logits, act & ~stopped, n_new, s.max_new, tokens, logps, rng, s.rows)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -107,7 +115,7 @@ decode.__doc__ = """Samples until every row stops: a stop token (row's ``stop_id
 Args:
   graphdef, params: ``nnx.split(model)`` (params may be a tuple of states).
   state: DecodeState with ``active``/``max_new`` set and ``n_new`` = 0 (donated).
-  stop_ids: [B, S] int32 per-row stop token sets, padded with -1.
+  stop_ids: [R, S] int32 per-row stop token sets, padded with -1.
   min_stopped: int32 scalar (traced: no recompilation); > 0 = return as soon as that many rows have stopped, leaving
     the others ``active`` mid-message (the caller continues them in its next call); 0 = run until no row is active.
   sampling: static SamplingParams.
@@ -126,10 +134,33 @@ def repeat_rows(cache, logits: jax.Array, k: int):
   return cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), length=rep(cache.length, 0)), rep(logits, 0)
 
 
-def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, width: int, rng) -> DecodeState:
-  """A fresh segment: host arrays for ``active`` and ``max_new``; output buffers of width ``width``."""
+def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, width: int, rng,
+                     rows: np.ndarray | None = None) -> DecodeState:
+  """A fresh segment: host arrays for ``active`` and ``max_new``; output buffers of width ``width``.
+
+  ``rows`` ([R], optional): decode only these cache rows (``logits``, ``active``, ``max_new`` are then [R, ...]);
+  entries >= B pad R up to a bucket and must be inactive."""
   b = int(active.shape[0])
+  if rows is not None and (rows.shape != (b,) or logits.shape[0] != b):
+    raise ValueError(f"new_decode_state: rows {rows.shape}, active {active.shape}, logits {logits.shape} disagree")
+  if rows is not None and np.any(active & (rows >= cache.length.shape[0])):
+    raise ValueError("new_decode_state: padding rows (index >= B) must be inactive")
   return DecodeState(
       cache=cache, logits=logits, active=jnp.asarray(active, jnp.bool_), n_new=jnp.zeros((b,), jnp.int32),
       max_new=jnp.asarray(max_new, jnp.int32), tokens=jnp.zeros((b, width), jnp.int32),
-      logps=jnp.zeros((b, width), jnp.float32), rng=rng)
+      logps=jnp.zeros((b, width), jnp.float32), rng=rng, rows=None if rows is None else jnp.asarray(rows, jnp.int32))
+
+
+def row_bucket(n: int, total: int, smallest: int) -> int:
+  """Compacted batch size for ``n`` busy rows of ``total``: the next power of two >= max(n, smallest), or ``total``
+  when that is not smaller (few distinct sizes -> few compilations)."""
+  size = max(int(smallest), 1)
+  while size < n:
+    size *= 2
+  return min(size, int(total))
+
+
+@functools.partial(jax.jit, donate_argnames=("logits",))
+def put_rows(logits: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+  """logits[rows] = values (rows >= B dropped): a compacted segment's last logits back into the full [B, V]."""
+  return logits.at[rows].set(values, mode="drop")
