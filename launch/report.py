@@ -255,7 +255,12 @@ def warmup_calibration(runs_dir: str) -> list[str]:
       e, mark = h["eval"], " (selected)" if h["step"] == hist.get("best_step") else ""
       lines.append(f"| {h['step']}{mark} | {h['loss']:.3f} | {e['hard']:.2f} | {e['boundary']:.2f} | "
                    f"{e['mastered']:.2f} | {e['reward_mean']:.3f} |")
-  return ["", "Warm-up calibration (seed zones at K = 8 during supervised training):", ""] + lines
+  head = ["", "Warm-up calibration (seed zones at K = 8 during supervised training):", ""]
+  if "continued_from" in hist:
+    c = hist["continued_from"]
+    head = head[:2] + [f" steps after {c['steps']} are a continuation (`launch.warmup --init_from`) of the "
+                       f"checkpoint selected at step {c['best_step']}.", ""]
+  return head + lines
 
 
 def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None,

@@ -39,7 +39,13 @@ def main(argv):
     model, model_cfg = hf_loader.load_hf_checkpoint(_INIT_FROM.value, mesh=mesh, dtype=config.model.dtype,
                                                     param_dtype=config.model.param_dtype)
     out = os.path.join(workdir, loop.WARMUP_DIR)
-    sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh)
+    parent_path = os.path.join(_INIT_FROM.value, "sft_history.json")
+    parent = None
+    if os.path.exists(parent_path):  # a continuation: keep the step count (new batches) and one cumulative history
+      with open(parent_path) as f:
+        parent = json.load(f)
+    sft.warm_up(model, model_cfg, env, tokenizer, config, out, mesh=mesh, parent_history=parent,
+                parent_dir=os.path.abspath(_INIT_FROM.value))
   else:
     tokenizer = loop.build_tokenizer(config, workdir)
     out = loop.warm_start_dir(config, workdir, env, tokenizer, mesh)

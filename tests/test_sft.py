@@ -175,7 +175,7 @@ def test_zone_score_prefers_boundary_with_both_extremes_present():
   assert fr["hard"] == 0.25 and fr["mastered"] == 0.25 and fr["boundary"] == 0.5 and fr["frac_zero_std"] == 0.75
 
 
-def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, tmp_path):
+def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, renderer, stop_id, tmp_path):
   c = config.copy_and_resolve_references()
   c.sft.steps, c.sft.eval_every, c.sft.eval_tasks, c.sft.batch_size, c.sft.seq_len = 2, 1, 2, 4, 200
   c.rollout.k, c.rollout.tasks_per_step, c.rollout.max_tokens_per_message = 2, 2, 8
@@ -195,3 +195,14 @@ def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, tmp_pat
   assert {"hard", "boundary", "mastered"} <= set(hist["history"][0]["eval"])
   lines = open(os.path.join(out, "sft_metrics.jsonl")).read().splitlines()
   assert len(lines) == 2 and json.loads(lines[0])["step"] == 1
+  # a continuation from that checkpoint keeps counting steps (new batches, not a replay) and writes one history
+  cont = str(tmp_path / "cont")
+  result2 = sft.warm_up(loaded, cfg, env, tok, c, cont, tasks=seeds[:8], parent_history=hist, parent_dir=out)
+  assert [h["step"] for h in result2.history] == [3, 4] and result2.best_step in (3, 4)
+  merged = json.load(open(os.path.join(cont, "sft_history.json")))
+  assert [h["step"] for h in merged["history"]] == [1, 2, 3, 4]
+  assert merged["continued_from"] == {"dir": out, "steps": 2, "best_step": hist["best_step"]}
+  batch_fn = sft.task_sampler(env, seeds[:8], renderer, stop_id, c, int(c.seed))
+  assert not np.array_equal(batch_fn(1).tokens, batch_fn(3).tokens)  # step 3 draws other tasks/worlds than step 1
+  with pytest.raises(ValueError, match="does not follow"):
+    sft.continued_history(hist, {"best_step": 1, "best_score": 0.0, "history": hist["history"]})

@@ -202,21 +202,25 @@ class SFTResult(NamedTuple):
 
 def run_sft(trainer: SFTTrainer, batch_fn: Callable[[int], SFTBatch], steps: int, *, eval_every: int = 0,
             eval_fn: Callable[[int, SFTTrainer], tuple[float, dict[str, Any]]] | None = None,
-            log_fn: Callable[[int, dict[str, Any]], None] | None = None) -> SFTResult:
+            log_fn: Callable[[int, dict[str, Any]], None] | None = None, step_offset: int = 0) -> SFTResult:
   """Runs ``steps`` SFT steps on ``batch_fn(step)``; every ``eval_every`` steps (and after the last) calls
   ``eval_fn(step, trainer) -> (score, info)`` and keeps a host copy of the parameters with the highest score.
-  Without ``eval_fn`` the final parameters are selected."""
+  Without ``eval_fn`` the final parameters are selected. Steps are numbered ``step_offset + 1 ..`` (a continuation
+  keeps the global step, so ``batch_fn`` draws new batches instead of replaying the first run's)."""
   if steps < 0:
     raise ValueError(f"config.sft.steps={steps} must be >= 0")
+  if step_offset < 0:
+    raise ValueError(f"run_sft: step_offset={step_offset} must be >= 0")
   history: list[dict[str, Any]] = []
-  best_step, best_score = 0, None
+  best_step, best_score = step_offset, None
   best_params = jax.device_get(trainer.params)
-  for step in range(1, steps + 1):
+  last = step_offset + steps
+  for step in range(step_offset + 1, last + 1):
     t0 = time.perf_counter()
     metrics = trainer.step(batch_fn(step))
     metrics["time/step"] = time.perf_counter() - t0
     rec: dict[str, Any] = {"step": step, **metrics}
-    if eval_fn is not None and ((eval_every > 0 and step % eval_every == 0) or step == steps):
+    if eval_fn is not None and ((eval_every > 0 and step % eval_every == 0) or step == last):
       score, info = eval_fn(step, trainer)
       rec["eval"] = {"score": float(score), **info}
       if best_score is None or score > best_score:
@@ -225,7 +229,7 @@ def run_sft(trainer: SFTTrainer, batch_fn: Callable[[int], SFTBatch], steps: int
       log_fn(step, rec)
     history.append(rec)
   if eval_fn is None:
-    best_step, best_params = steps, jax.device_get(trainer.params)
+    best_step, best_params = last, jax.device_get(trainer.params)
   return SFTResult(best_step, best_score, best_params, history)
 
 
@@ -277,14 +281,33 @@ def task_sampler(env, tasks: Sequence[Any], renderer, stop_id: int, config, seed
   return batch_fn
 
 
+def continued_history(parent: dict[str, Any] | None, child: dict[str, Any], parent_dir: str = "") -> dict[str, Any]:
+  """One cumulative ``sft_history.json`` for a warm-up continued from ``parent`` (its history file, or None): the
+  parent's records, then the child's, whose steps already continue the parent's (``run_sft(step_offset=...)``).
+  The selection (best_step/best_score) is the child's: the continuation started from the parent's output."""
+  if parent is None:
+    return child
+  offset = max((int(h["step"]) for h in parent["history"]), default=0)
+  if child["history"] and int(child["history"][0]["step"]) <= offset:
+    raise ValueError(f"continued_history: the continuation's first step {child['history'][0]['step']} does not "
+                     f"follow the parent's last step {offset} (run it with step_offset={offset})")
+  return {**child, "history": list(parent["history"]) + list(child["history"]),
+          "continued_from": {"dir": parent_dir, "steps": offset, "best_step": parent.get("best_step")}}
+
+
 def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, mesh: Mesh | None = None,
-            tasks: Sequence[Any] | None = None) -> SFTResult:
+            tasks: Sequence[Any] | None = None, parent_history: dict[str, Any] | None = None,
+            parent_dir: str = "") -> SFTResult:
   """Supervised warm-up of ``model`` on the seed split; writes the selected checkpoint (HF layout + tokenizer +
   ``sft_history.json``) to ``out_dir``.
 
   Selection (``config.sft.select_by_zones``): every ``config.sft.eval_every`` steps, K = ``config.rollout.k``
   rollouts of ``config.sft.eval_tasks`` seeds (canonical worlds) give the zone fractions; the checkpoint with the
   best ``zone_score`` is kept. Otherwise the last step is kept.
+
+  ``parent_history`` (the ``sft_history.json`` of the checkpoint ``model`` was loaded from): this is a continuation;
+  steps continue the parent's numbering (new batches) and the written history is cumulative
+  (``continued_history``).
   """
   from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
   from rods_jax.rollout.engine import MultiTurnEngine, stop_token_ids  # pylint: disable=g-import-not-at-top
@@ -322,13 +345,14 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
       with open(log_path, "a") as f:
         f.write(json.dumps(rec, sort_keys=True) + "\n")
 
+  offset = 0 if parent_history is None else max((int(h["step"]) for h in parent_history["history"]), default=0)
   result = run_sft(trainer, batch_fn, int(config.sft.steps), eval_every=int(config.sft.eval_every), eval_fn=eval_fn,
-                   log_fn=log_fn)
+                   log_fn=log_fn, step_offset=offset)
   selected = nnx.merge(trainer.graphdef, result.best_params)
   hf_loader.export_hf_checkpoint(selected, model_cfg, out_dir)
   if jax.process_index() == 0:
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "sft_history.json"), "w") as f:
-      json.dump({"best_step": result.best_step, "best_score": result.best_score, "history": result.history}, f,
-                indent=1, sort_keys=True)
+      hist = {"best_step": result.best_step, "best_score": result.best_score, "history": result.history}
+      json.dump(continued_history(parent_history, hist, parent_dir), f, indent=1, sort_keys=True)
   return result
