@@ -140,7 +140,7 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 
 def kv_cache_sharding(k_shape: Sequence[int], mesh: Mesh):
-  """(k/v sharding, length sharding) for a KVCache whose k has shape [L, B, S, Hkv, Dh]: rows over (data, fsdp),
-  kv heads over tensor (replicated where they do not divide)."""
-  spec = logical_to_spec((None, "act_batch", "act_kv_seq", "act_kv_heads", None), k_shape, mesh)
-  return NamedSharding(mesh, spec), NamedSharding(mesh, PartitionSpec(spec[1]))
+  """(k/v sharding, length sharding) for a KVCache whose per-layer k/v arrays have shape [B, Hkv, S, Dh]: rows over
+  (data, fsdp), kv heads over tensor (replicated where they do not divide)."""
+  spec = logical_to_spec(("act_batch", "act_kv_heads", "act_kv_seq", None), k_shape, mesh)
+  return NamedSharding(mesh, spec), NamedSharding(mesh, PartitionSpec(spec[0]))

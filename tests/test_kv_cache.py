@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from rods_jax.models import KVCache, Transformer, extend_fn, forward_fn, get_preset, init_cache
+from rods_jax.models.kv_cache import put_rows, take_rows
 
 V = 61
 
@@ -69,22 +70,26 @@ def test_incremental_rows_extended_by_different_amounts_equal_full_forward(model
   assert np.abs(full[0, 1] - full[0, 2]).max() > 1e-2
 
 
-def test_compacted_rows_equal_full_forward_and_leave_other_rows_alone(model):
-  """extend(rows=...) on a compacted batch (rows in any order, padding entries >= B) writes only those cache rows:
-  every logit equals the full forward (<= 1e-5), untouched rows keep bit-identical k/v/length, padding changes
-  nothing."""
+def test_working_cache_of_some_rows_equals_full_forward_and_leaves_other_rows_alone(model):
+  """take_rows -> extend -> put_rows on a subset of rows (any order, padding entries >= B, fewer slots than the
+  capacity): every logit equals the full forward (<= 1e-5), untouched rows keep bit-identical k/v/length, padding
+  changes nothing."""
   rng = np.random.default_rng(11)
   b, t, cap = 5, 14, 24
   tokens = rng.integers(0, V, (b, t)).astype(np.int32)
   full = _full(model, tokens, np.full(b, t))
   gd, params = nnx.split(model)
-  step = jax.jit(extend_fn, static_argnums=(0, 5, 6))
-  cache = init_cache(model.cfg, b, cap)
-  cache, written, errs = cache, np.zeros(b, int), []
-  # (cache rows of the compacted batch incl. padding b, tokens each appends)
-  schedule = [([4, 0, 2, 1, 3], [6, 3, 5, 2, 4]), ([2, 5, 0, 5], [3, 0, 1, 0]), ([1, 5], [1, 0]),
-              ([3, 1, 5, 5], [4, 2, 0, 0]), ([0, 4, 2, 3, 1], [1, 1, 1, 1, 1])]
-  for rows, amounts in schedule:
+
+  @functools.partial(jax.jit, static_argnums=(4,))
+  def step(cache, chunk, valid, rows, slots):
+    logits, part = extend_fn(gd, params, chunk, valid, take_rows(cache, rows, slots))
+    return logits, put_rows(cache, rows, part)
+
+  cache, written, errs = init_cache(model.cfg, b, cap), np.zeros(b, int), []
+  # (cache rows of the batch incl. padding b, tokens each appends, slots of the working cache)
+  schedule = [([4, 0, 2, 1, 3], [6, 3, 5, 2, 4], 8), ([2, 5, 0, 5], [3, 0, 1, 0], 16), ([1, 5], [1, 0], 8),
+              ([3, 1, 5, 5], [4, 2, 0, 0], 16), ([0, 4, 2, 3, 1], [1, 1, 1, 1, 1], 24)]
+  for rows, amounts, slots in schedule:
     rows, amounts = np.asarray(rows, np.int32), np.asarray(amounts)
     before = jax.tree.map(np.asarray, cache)
     chunk = np.zeros((len(rows), 8), np.int32)
@@ -93,23 +98,23 @@ def test_compacted_rows_equal_full_forward_and_leave_other_rows_alone(model):
       if r < b:
         chunk[j, :a] = tokens[r, written[r]:written[r] + a]
         valid[j, :a] = True
-    logits, cache = step(gd, params, jnp.asarray(chunk), jnp.asarray(valid), cache, cap, False, jnp.asarray(rows))
+    logits, cache = step(cache, jnp.asarray(chunk), jnp.asarray(valid), jnp.asarray(rows), slots)
     logits = np.asarray(logits)
-    assert logits.shape[0] == len(rows)
+    assert logits.shape == (len(rows), 8, V)
     for j, (r, a) in enumerate(zip(rows, amounts)):
       for i in range(a if r < b else 0):
         errs.append(np.abs(logits[j, i] - full[r, written[r] + i]).max())
     touched = {int(r) for r, a in zip(rows, amounts) if r < b and a > 0}
     for r in set(range(b)) - touched:  # bit-identical
-      np.testing.assert_array_equal(np.asarray(cache.k)[:, r], before.k[:, r])
-      np.testing.assert_array_equal(np.asarray(cache.v)[:, r], before.v[:, r])
+      for x, y in zip(cache.k + cache.v, before.k + before.v):
+        np.testing.assert_array_equal(np.asarray(x)[r], y[r])
     for r, a in zip(rows, amounts):
       if r < b:
         written[r] += a
     np.testing.assert_array_equal(np.asarray(cache.length), written)
   assert len(errs) == written.sum() and max(errs) <= 1e-5, max(errs)
-  with pytest.raises(ValueError, match="rows"):
-    model.extend(jnp.asarray(chunk), jnp.asarray(valid), cache, rows=jnp.zeros((2,), jnp.int32))
+  with pytest.raises(ValueError, match="slots"):
+    take_rows(cache, jnp.zeros((2,), jnp.int32), cap + 1)
 
 
 def test_bucketed_kv_len_and_last_only(model):
@@ -144,15 +149,15 @@ def test_bucketed_kv_len_and_last_only(model):
 
 
 def test_cache_is_updated_in_place_when_donated(model):
-  """With the cache donated, extend writes into the same buffers (no copy of [L,B,S,H,D] per step)."""
+  """With the cache donated, extend writes into the same buffers (no copy of the per-layer [B,Hkv,S,Dh] arrays)."""
   gd, params = nnx.split(model)
   cache = init_cache(model.cfg, 4, 32)  # same shapes as above: reuses the compiled step
-  k_ptr, v_ptr = cache.k.unsafe_buffer_pointer(), cache.v.unsafe_buffer_pointer()
+  ptrs = [a.unsafe_buffer_pointer() for a in cache.k + cache.v]
   for _ in range(2):
     old = cache
     _, cache = _jitted()(gd, params, jnp.ones((4, 1), jnp.int32), jnp.ones((4, 1), bool), cache, 32, False)
-    assert old.k.is_deleted() and old.v.is_deleted()
-  assert cache.k.unsafe_buffer_pointer() == k_ptr and cache.v.unsafe_buffer_pointer() == v_ptr
+    assert all(a.is_deleted() for a in old.k + old.v)
+  assert [a.unsafe_buffer_pointer() for a in cache.k + cache.v] == ptrs
   np.testing.assert_array_equal(np.asarray(cache.length), [2, 2, 2, 2])
 
 
@@ -160,9 +165,10 @@ def test_init_cache_shapes_and_errors(model):
   cfg = model.cfg
   cache = init_cache(cfg, 3, 8)
   assert isinstance(cache, KVCache)
-  assert cache.k.shape == (cfg.n_layers, 3, 8, cfg.n_kv_heads, cfg.head_dim)
-  assert cache.k.dtype == jnp.float32 and cache.length.dtype == jnp.int32
-  assert init_cache(cfg, 1, 4, "bfloat16").v.dtype == jnp.bfloat16
+  assert len(cache.k) == len(cache.v) == cfg.n_layers and cache.capacity == 8 and cache.batch == 3
+  assert all(a.shape == (3, cfg.n_kv_heads, 8, cfg.head_dim) and a.dtype == jnp.float32 for a in cache.k + cache.v)
+  assert cache.length.dtype == jnp.int32
+  assert init_cache(cfg, 1, 4, "bfloat16").v[0].dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="capacity"):
     init_cache(cfg, 2, 0)
   with pytest.raises(ValueError, match="kv_len"):

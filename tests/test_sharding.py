@@ -114,7 +114,7 @@ def test_sharded_kv_cache_decode_equals_single_device(tmp_path):
   def run(p, sharded):
     cache = init_cache(cfg, 4, 16)
     if sharded:
-      kv_sh, len_sh = kv_cache_sharding(cache.k.shape, mesh)
+      kv_sh, len_sh = kv_cache_sharding(cache.k[0].shape, mesh)
       cache = KVCache(jax.device_put(cache.k, kv_sh), jax.device_put(cache.v, kv_sh),
                       jax.device_put(cache.length, len_sh))
     outs = []
@@ -126,9 +126,10 @@ def test_sharded_kv_cache_decode_equals_single_device(tmp_path):
   ref, _ = run(ref_params, False)
   with jax.set_mesh(mesh):
     got, cache = run(params, True)
-  kv_sh, _ = kv_cache_sharding(cache.k.shape, mesh)
-  assert kv_sh.spec == P(None, ("data", "fsdp"), None, "tensor", None)
-  assert cache.k.sharding.is_equivalent_to(kv_sh, cache.k.ndim)  # the donated layout is kept
+  kv_sh, _ = kv_cache_sharding(cache.k[0].shape, mesh)
+  assert kv_sh.spec == P(("data", "fsdp"), "tensor", None, None)
+  for a in cache.k + cache.v:
+    assert a.sharding.is_equivalent_to(kv_sh, a.ndim)  # the donated layout is kept
   for a, b in zip(got, ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
 

@@ -40,7 +40,7 @@ from rods_jax.sharding import constrain, param_shardings
 _BTD = ("act_batch", "act_seq", "act_embed")
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BTKD = ("act_batch", "act_seq", "act_kv_heads", None)
-_CACHE = (None, "act_batch", "act_kv_seq", "act_kv_heads", None)
+_CACHE = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's k or v
 
 
 def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -111,24 +111,19 @@ class Attention(nnx.Module):
     q, k, v = self.qkv(x, positions)
     return self.out(chunked_gqa_attention(q, k, v, mask, self.cfg.attn_chunk))
 
-  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer: int, kv_len: int, rows=None):
-    """Writes this chunk's k/v at `slots` of layer `layer` (slot == capacity: dropped) and attends over the first
-    kv_len slots. cache_k/v: [L, B, S, Hkv, Dh]; rows: None (x holds every cache row) or [R] cache row of each x row
-    (entries >= B: padding, never written)."""
+  def extend(self, x, positions, slots, mask, cache_k, cache_v, kv_len: int):
+    """Writes this chunk's k/v at `slots` of this layer's cache (slot == capacity: dropped) and attends over the
+    first kv_len slots. cache_k/v: [B, Hkv, S, Dh] (this layer's)."""
     q, k, v = self.qkv(x, positions)
-    if rows is None:
-      rows = jnp.arange(x.shape[0])
-      read = lambda c: c[layer, :, :kv_len]
-    else:  # compacted batch: only these rows are read and written (cost scales with R, not with B)
-      safe = jnp.minimum(rows, cache_k.shape[1] - 1)
-      read = lambda c: c[layer, safe, :kv_len]
-    scatter_rows = jnp.broadcast_to(rows[:, None], slots.shape)
-    cache_k = cache_k.at[layer, scatter_rows, slots].set(k.astype(cache_k.dtype), mode="drop")
-    cache_v = cache_v.at[layer, scatter_rows, slots].set(v.astype(cache_v.dtype), mode="drop")
+    rows = jnp.broadcast_to(jnp.arange(x.shape[0])[:, None], slots.shape)
+    # [B,T] row/slot index arrays around a full slice: the update is indexed [B, T, Hkv, Dh], like k and v
+    cache_k = cache_k.at[rows, :, slots].set(k.astype(cache_k.dtype), mode="drop")
+    cache_v = cache_v.at[rows, :, slots].set(v.astype(cache_v.dtype), mode="drop")
     cache_k, cache_v = constrain(cache_k, _CACHE), constrain(cache_v, _CACHE)  # keep the donated layout
-    keys = read(cache_k).astype(q.dtype)
-    values = read(cache_v).astype(q.dtype)
-    return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk)), cache_k, cache_v
+    cut = (lambda c: c) if kv_len == cache_k.shape[2] else (lambda c: c[:, :, :kv_len])
+    keys, values = cut(cache_k).astype(q.dtype), cut(cache_v).astype(q.dtype)
+    return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk, kv_heads_first=True)), \
+        cache_k, cache_v
 
 
 class MLP(nnx.Module):
@@ -161,9 +156,8 @@ class Block(nnx.Module):
     x = x + self.attn(self.attn_norm(x), positions, mask)
     return constrain(x + self.mlp(self.mlp_norm(x)), _BTD)
 
-  def extend(self, x, positions, slots, mask, cache_k, cache_v, layer, kv_len, rows=None):
-    a, cache_k, cache_v = self.attn.extend(self.attn_norm(x), positions, slots, mask, cache_k, cache_v, layer, kv_len,
-                                           rows)
+  def extend(self, x, positions, slots, mask, cache_k, cache_v, kv_len):
+    a, cache_k, cache_v = self.attn.extend(self.attn_norm(x), positions, slots, mask, cache_k, cache_v, kv_len)
     x = x + a
     return constrain(x + self.mlp(self.mlp_norm(x)), _BTD), cache_k, cache_v
 
@@ -221,7 +215,7 @@ class Transformer(nnx.Module):
     return self.logits(self.hidden(tokens, positions, mask))
 
   def extend(self, tokens: jax.Array, valid: jax.Array, cache: KVCache, kv_len: int | None = None,
-             last_only: bool = False, rows: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+             last_only: bool = False) -> tuple[jax.Array, KVCache]:
     """Appends each row's valid tokens to its cache row and returns their logits.
 
     Row b's valid tokens (in order; valid[b] is normally a prefix of True) go to slots length[b] .. length[b]+n_b-1,
@@ -229,42 +223,34 @@ class Transformer(nnx.Module):
     default capacity) limits attention to the first kv_len slots: callers must keep length + n_b <= kv_len and
     <= capacity (slots past capacity are dropped). Returns logits [B, T, V] float32 (rows of invalid tokens are
     finite garbage), or [B, V] for each row's last valid token when `last_only` (rows with n_b = 0: garbage).
-
-    `rows` ([R] int32, optional) compacts the batch: tokens/valid are [R, T] and their row r belongs to cache row
-    rows[r]; every other cache row is neither read nor written, so a step over the R rows that have work costs R/B
-    of a full one. Entries >= B are padding (their tokens must be invalid) and change nothing. Logits are [R, ...].
+    To run only some rows, cut a working cache with `kv_cache.take_rows` and write it back with `put_rows`.
     """
     _check_2d(tokens=tokens, valid=valid)
-    n_cache_rows = cache.length.shape[0]
-    if rows is None and tokens.shape[0] != n_cache_rows:
-      raise ValueError(f"extend: tokens batch {tokens.shape[0]} != cache batch {n_cache_rows}")
-    if rows is not None and rows.shape != (tokens.shape[0],):
-      raise ValueError(f"extend: rows has shape {rows.shape}; expected ({tokens.shape[0]},)")
-    capacity = cache.k.shape[2]
+    if tokens.shape[0] != cache.batch:
+      raise ValueError(f"extend: tokens batch {tokens.shape[0]} != cache batch {cache.batch}")
+    capacity = cache.capacity
     kv_len = capacity if kv_len is None else int(kv_len)
     if not 0 < kv_len <= capacity:
       raise ValueError(f"extend: kv_len={kv_len} must be in [1, capacity={capacity}]")
     valid = valid.astype(bool)
-    length = cache.length if rows is None else cache.length[jnp.minimum(rows, n_cache_rows - 1)]
     rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # index of each valid token among the row's new ones
     n_new = rank[:, -1] + 1
-    positions = length[:, None] + jnp.maximum(rank, 0)
+    positions = cache.length[:, None] + jnp.maximum(rank, 0)
     slots = jnp.where(valid, positions, capacity)  # invalid -> out of range -> dropped by the scatter
-    row_length = length + n_new
+    new_length = cache.length + n_new
     key = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]
-    mask = (key <= positions[:, :, None]) & (key < row_length[:, None, None]) & valid[:, :, None]
+    mask = (key <= positions[:, :, None]) & (key < new_length[:, None, None]) & valid[:, :, None]
 
     x = self.embed_tokens(tokens)
-    cache_k, cache_v = cache.k, cache.v
+    ks, vs = list(cache.k), list(cache.v)
     for i, block in enumerate(self.layers):
-      x, cache_k, cache_v = block.extend(x, positions, slots, mask, cache_k, cache_v, i, kv_len, rows)
+      x, ks[i], vs[i] = block.extend(x, positions, slots, mask, ks[i], vs[i], kv_len)
     if last_only:
       last = jnp.maximum(n_new - 1, 0)
       idx = jnp.argmax(jnp.where(valid, rank, -1) == last[:, None], axis=1)
       x = jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
     logits = self.logits(self.final_norm(x))
-    new_length = row_length if rows is None else cache.length.at[rows].set(row_length, mode="drop")
-    return logits, KVCache(cache_k, cache_v, new_length)
+    return logits, KVCache(tuple(ks), tuple(vs), new_length)
 
 
 def _call_block(block: Block, x, positions, mask):
@@ -286,10 +272,9 @@ def forward_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, pos
 
 
 def extend_fn(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array, valid: jax.Array, cache: KVCache,
-              kv_len: int | None = None, last_only: bool = False,
-              rows: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+              kv_len: int | None = None, last_only: bool = False) -> tuple[jax.Array, KVCache]:
   """Functional extend; jit it with static kv_len/last_only and donate the cache."""
-  return nnx.merge(graphdef, params).extend(tokens, valid, cache, kv_len=kv_len, last_only=last_only, rows=rows)
+  return nnx.merge(graphdef, params).extend(tokens, valid, cache, kv_len=kv_len, last_only=last_only)
 
 
 def create_model(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Transformer:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rods_jax.models import kv_cache
 from rods_jax.rollout.sampling import SamplingParams, sample_tokens
 
 
@@ -27,7 +28,7 @@ class DecodeState(NamedTuple):
   """Per-row decoding state; a pytree carried through ``lax.while_loop`` and donated between calls.
 
   Attributes:
-    cache: the model's KV cache (k, v: [L, B, S, Hkv, Dh], length: [B]).
+    cache: the model's KV cache (``rods_jax.models.KVCache``, B rows).
     logits: [R, V] float32 next-token logits of each decoded row.
     active: [B] bool, the row is still sampling in this segment.
     n_new: [B] int32, tokens sampled in this segment.
@@ -75,12 +76,13 @@ def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid
   ``Transformer.extend``), tokens/valid are [R, T] for those cache rows only; ``logits`` stays [B, V].
   """
   model = _merge(graphdef, params)
-  last, cache = model.extend(tokens, valid, cache, kv_len=kv_len, last_only=True, rows=rows)
-  n = jnp.sum(valid, axis=1)
   if rows is None:
-    return cache, jnp.where((n > 0)[:, None], last.astype(jnp.float32), logits)
+    rows = jnp.arange(cache.batch, dtype=jnp.int32)
+  last, part = model.extend(tokens, valid, kv_cache.take_rows(cache, rows, kv_len), last_only=True)
+  n = jnp.sum(valid, axis=1)
   old = logits[jnp.minimum(rows, logits.shape[0] - 1)]
-  return cache, logits.at[rows].set(jnp.where((n > 0)[:, None], last.astype(jnp.float32), old), mode="drop")
+  new = jnp.where((n > 0)[:, None], last.astype(jnp.float32), old)
+  return kv_cache.put_rows(cache, rows, part), logits.at[rows].set(new, mode="drop")
 
 
 def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_stopped: jax.Array | int = 0, *,
@@ -88,6 +90,10 @@ def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_
   model = _merge(graphdef, params)
   rows = jnp.arange(state.tokens.shape[0])
   width = state.tokens.shape[1]
+  # Decode on a working cache of just these rows and kv_len slots (one copy per call): every step then attends over
+  # whole contiguous per-layer buffers instead of slicing the full cache (a copy per layer per step).
+  cache_rows = rows if state.rows is None else state.rows
+  full_cache = state.cache
 
   def cond(s: DecodeState):
     stopped = jnp.sum((s.n_new > 0) & ~s.active)  # rows that sampled in this call and have stopped
@@ -101,12 +107,13 @@ def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_
     tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
     logps = s.logps.at[rows, slot].set(lp, mode="drop")
     n_new = s.n_new + act.astype(jnp.int32)
-    out, cache = model.extend(tok[:, None], act[:, None], s.cache, kv_len=kv_len, last_only=True, rows=s.rows)
+    out, cache = model.extend(tok[:, None], act[:, None], s.cache, last_only=True)
     logits = jnp.where(act[:, None], out.astype(jnp.float32), s.logits)
     stopped = jnp.any(tok[:, None] == stop_ids, axis=-1) | (n_new >= s.max_new)
     return DecodeState(cache, logits, act & ~stopped, n_new, s.max_new, tokens, logps, rng, s.rows)
 
-  return jax.lax.while_loop(cond, body, state)
+  final = jax.lax.while_loop(cond, body, state._replace(cache=kv_cache.take_rows(full_cache, cache_rows, kv_len)))
+  return final._replace(cache=kv_cache.put_rows(full_cache, cache_rows, final.cache))
 
 
 decode = jax.jit(_decode_loop, static_argnames=("graphdef", "sampling", "kv_len"), donate_argnames=("state",))
@@ -128,10 +135,9 @@ Returns the final DecodeState (early exit as soon as no row is active, or ``min_
 def repeat_rows(cache, logits: jax.Array, k: int):
   """Broadcasts a group's prefilled prompt to its K rollout rows: row b -> rows b*K .. b*K+K-1.
 
-  The cache's batch axis is 1 for the k/v arrays ([L, B, S, H, D]) and 0 for ``length`` ([B]).
+  Every cache array (per-layer k/v [B, Hkv, S, Dh], length [B]) has its batch axis first.
   """
-  rep = lambda x, axis: jnp.repeat(x, k, axis=axis)
-  return cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), length=rep(cache.length, 0)), rep(logits, 0)
+  return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), (cache, logits))
 
 
 def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, width: int, rng,
@@ -143,7 +149,7 @@ def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, wid
   b = int(active.shape[0])
   if rows is not None and (rows.shape != (b,) or logits.shape[0] != b):
     raise ValueError(f"new_decode_state: rows {rows.shape}, active {active.shape}, logits {logits.shape} disagree")
-  if rows is not None and np.any(active & (rows >= cache.length.shape[0])):
+  if rows is not None and np.any(active & (rows >= cache.batch)):
     raise ValueError("new_decode_state: padding rows (index >= B) must be inactive")
   return DecodeState(
       cache=cache, logits=logits, active=jnp.asarray(active, jnp.bool_), n_new=jnp.zeros((b,), jnp.int32),
