@@ -233,3 +233,13 @@ def test_incremental_prefill_skips_empty_rows(tiny):
   assert np.asarray(cache.length).tolist() == [5, 7, 7, 2]
   np.testing.assert_array_equal(np.asarray(logits)[[0, 2, 3]], before[[0, 2, 3]])  # untouched rows keep logits
   np.testing.assert_allclose(np.asarray(logits)[1], _full_logits(tiny, rows[1] + extra)[-1], atol=1e-4)
+
+
+def test_row_bucket_covers_the_busy_rows_with_at_most_a_third_padding():
+  for m in (1, 4, 8):
+    sizes = {sampler.row_bucket(n, 10_000, m) for n in range(1, 600)}
+    for n in range(1, 600):
+      size = sampler.row_bucket(n, 10_000, m)
+      assert n <= size <= max(m, -(-3 * n // 2) + 1), (m, n, size)  # +1: 1.5·odd m rounds up
+    assert len(sizes) <= 2 * 10 + 1  # two sizes per doubling: few compilations
+  assert sampler.row_bucket(40, 64, 8) == 48 and sampler.row_bucket(50, 64, 8) == 64 and sampler.row_bucket(3, 4, 8) == 4
