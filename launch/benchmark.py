@@ -164,6 +164,10 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
       "engine_tokens_per_s": med["engine"]["sampled_tokens_per_s"],
       "reprefill_tokens_per_s": med["reprefill"]["sampled_tokens_per_s"],
       "speedup": med["engine"]["sampled_tokens_per_s"] / med["reprefill"]["sampled_tokens_per_s"],
+      # Amdahl: decoding and tool calls are the same work in both variants, so even a free prefill could not make
+      # the engine faster than this (the baseline's wall time over the engine's decode + tools time)
+      "speedup_bound_if_prefill_free": med["reprefill"]["wall_s"] / (med["engine"]["decode_s"] +
+                                                                     med["engine"]["tools_s"]),
       "engine_trajectory_tokens_per_s": med["engine"]["tokens_per_s"],
       "reprefill_trajectory_tokens_per_s": med["reprefill"]["tokens_per_s"],
       **med, "repeats": {n: rs for n, rs in runs.items()},
