@@ -400,3 +400,23 @@ def test_toolworld_rollout_untrained_model(lab):
     else:
       assert not batch.truncated[n] and batch.turns_closed[n] == tasks[n // 2].num_turns
     assert not batch.loss_mask[n, :64].any()  # the system prompt and first user turn are never in the loss
+
+
+def test_split_by_length_separates_short_and_long_deltas_only_when_it_pays():
+  from rods_jax.rollout.engine import split_by_length
+  from rods_jax.rollout.sampler import round_up, row_bucket
+  rng = np.random.default_rng(5)
+  slots = lambda ls: row_bucket(len(ls), 64, 8) * round_up(max(ls), 32)
+  same = list(rng.integers(20, 30, 64))
+  assert split_by_length(same, 64, 32, 8) == [list(range(64))]
+  two = list(rng.integers(3, 12, 48)) + list(rng.integers(90, 120, 8))  # many tool results, a few long user turns
+  perm = rng.permutation(len(two))
+  mixed = [two[i] for i in perm]
+  groups = split_by_length(mixed, 64, 32, 8)
+  assert len(groups) == 2 and sorted(groups[0] + groups[1]) == list(range(len(mixed)))
+  assert max(mixed[i] for i in groups[0]) < 12 and min(mixed[i] for i in groups[1]) >= 90
+  cost = slots([mixed[i] for i in groups[0]]) + slots([mixed[i] for i in groups[1]])
+  assert cost <= 0.75 * slots(mixed)
+  # the chosen split is the cheapest of all split points of the sorted lengths (brute force)
+  srt = sorted(mixed)
+  assert cost == min(slots(srt[:c]) + slots(srt[c:]) for c in range(1, len(srt)))

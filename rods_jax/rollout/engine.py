@@ -301,15 +301,29 @@ class MultiTurnEngine:
     return sel
 
   def _prefill(self, params, cache, logits, seqs: Sequence[Sequence[int]], stats, base=None):
-    """One batched prefill of per-row token lists (empty = untouched row), bucketed to static shapes; only the rows
-    with tokens are computed when compaction makes the batch smaller."""
+    """Batched prefill of per-row token lists (empty = untouched row), bucketed to static shapes. With compaction,
+    only rows with tokens are computed, and when the lengths are spread out the rows go in two calls (short / long
+    deltas) if that cuts the padded token slots by a quarter or more (``split_by_length``)."""
+    base = [0] * len(seqs) if base is None else base
+    busy = [i for i, s in enumerate(seqs) if s]
+    groups = [busy]
+    if self.limits.compact_min_rows > 0:
+      groups = split_by_length([len(seqs[i]) for i in busy], len(seqs), self.limits.prefill_bucket,
+                               self.limits.compact_min_rows)
+      groups = [[busy[j] for j in g] for g in groups]
+    if not stats["prefill_calls"]:
+      stats["prefill_rows_first"] = len(busy)
+    for group in groups:
+      cache, logits = self._prefill_rows(params, cache, logits, seqs, np.asarray(group, np.int32), stats, base)
+    return cache, logits
+
+  def _prefill_rows(self, params, cache, logits, seqs, busy: np.ndarray, stats, base):
     lim = self.limits
     n = len(seqs)
-    base = [0] * n if base is None else base
-    busy = np.array([i for i, s in enumerate(seqs) if s], np.int32)
     sel = self._compact(busy, n)
-    order = range(n) if sel is None else [int(i) for i in sel]
-    width = sampler.round_up(max(len(s) for s in seqs), lim.prefill_bucket)
+    members = set(busy.tolist())
+    order = [i if i in members else n for i in range(n)] if sel is None else [int(i) for i in sel]
+    width = sampler.round_up(max(len(seqs[i]) for i in busy), lim.prefill_bucket)
     tokens = np.zeros((len(order), width), np.int32)
     valid = np.zeros((len(order), width), bool)
     for j, i in enumerate(order):
@@ -317,12 +331,10 @@ class MultiTurnEngine:
         tokens[j, :len(seqs[i])] = seqs[i]
         valid[j, :len(seqs[i])] = True
     kv_len = sampler.kv_bucket(max(base[i] + len(seqs[i]) for i in busy), lim.kv_bucket, lim.cache_capacity)
-    if not stats["prefill_calls"]:
-      stats["prefill_rows_first"] = len(busy)
     stats["prefill_calls"] += 1
     stats["prefill_rows"] += len(busy)
     stats["prefill_row_slots"] += len(order) * width
-    stats["prefill_tokens"] += sum(len(s) for s in seqs)
+    stats["prefill_tokens"] += sum(len(seqs[i]) for i in busy)
     return sampler.prefill(self.graphdef, params, cache, logits, jnp.asarray(tokens), jnp.asarray(valid),
                            None if sel is None else jnp.asarray(sel), kv_len=kv_len)
 
@@ -351,6 +363,26 @@ class MultiTurnEngine:
         turns_closed=np.array([x.turns_closed for x in results], np.int32),
         truncated=np.array([r.truncated for r in rows], bool), lengths=lengths, timings=times, stats=stats,
         messages=tuple(r.chat.messages for r in rows))
+
+
+def split_by_length(lengths: Sequence[int], n_rows: int, width_bucket: int, smallest: int,
+                    min_saving: float = 0.25) -> list[list[int]]:
+  """Groups of indices into ``lengths`` for one or two prefill calls.
+
+  A call over rows G costs slots(G) = row_bucket(|G|) · round_up(max_{i∈G} len_i, width_bucket) padded token
+  positions. Sorting by length and trying every split point, two calls (shorter rows, longer rows) are returned when
+  their slots are at most (1 − min_saving) of one call's; otherwise one group of every index.
+  """
+  n = len(lengths)
+  slots = lambda ls: sampler.row_bucket(len(ls), n_rows, smallest) * sampler.round_up(max(ls), width_bucket)
+  order = sorted(range(n), key=lambda i: lengths[i])
+  srt = [lengths[i] for i in order]
+  best, cut = slots(srt) * (1.0 - min_saving) if n else 0, 0
+  for c in range(1, n):
+    cost = slots(srt[:c]) + slots(srt[c:])
+    if cost <= best:
+      best, cut = cost, c
+  return [order[:cut], order[cut:]] if cut else [list(range(n))]
 
 
 def _scatter_rows(x: np.ndarray, sel: np.ndarray, n_rows: int) -> np.ndarray:
