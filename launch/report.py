@@ -52,6 +52,13 @@ def compact(study_dir: str, runs_dir: str) -> list[str]:
           shutil.copyfileobj(g, f)
     if os.path.exists(os.path.join(src, "config.json")):
       shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    sft_hist = os.path.join(src, "offline_sft", "warmup", "sft_history.json")  # the offline arm's supervised stage
+    if os.path.exists(sft_hist):
+      with open(sft_hist) as f:
+        hist = json.load(f)
+      with open(os.path.join(dst, "sft_summary.json"), "w") as f:
+        json.dump({"steps": len(hist["history"]), "best_step": hist["best_step"],
+                   "tokens": sum(h.get("tokens", 0) for h in hist["history"])}, f)
     names.append(name)
   return names
 
@@ -113,12 +120,24 @@ def arm_table(runs: dict[str, dict], runs_dir: str) -> dict[str, dict]:
     budgets = [json.load(open(os.path.join(runs_dir, n, "config.json")))["train"]["total_trajectories"]
                if os.path.exists(os.path.join(runs_dir, n, "config.json")) else None for n, _ in finals]
     distinct = [max((r.get("train/distinct_tasks") or 0) for r in runs[n]["records"]) for n, _ in finals]
+    supervised = [_supervised_trajectories(runs_dir, n) for n, _ in finals]
     out[arm] = {"accuracy_mean": am, "accuracy_se": ase, "mean_rp": float(np.mean(rp)), "n_seeds": len(finals),
                 "trajectories": int(np.mean([f["trajectories"] for _, f in finals])),
                 "distinct_tasks": int(np.mean(distinct)), "per_category": cats, "runs": [n for n, _ in finals],
+                "supervised_trajectories": int(np.mean(supervised)),
                 "final_step": int(np.mean([r["step"] for r in last])),
                 "complete": all(b is not None and f["trajectories"] >= b for b, (_, f) in zip(budgets, finals))}
   return out
+
+
+def _supervised_trajectories(runs_dir: str, name: str) -> int:
+  """Gold trajectories of a run's own supervised stage (offline arm: steps × sft.batch_size; others 0, the shared
+  warm-up being common to every arm)."""
+  path, cfg_path = os.path.join(runs_dir, name, "sft_summary.json"), os.path.join(runs_dir, name, "config.json")
+  if not (os.path.exists(path) and os.path.exists(cfg_path)):
+    return 0
+  with open(path) as f, open(cfg_path) as g:
+    return int(json.load(f)["steps"]) * int(json.load(g)["sft"]["batch_size"])
 
 
 def mechanism(runs: dict[str, dict]) -> dict:
@@ -265,20 +284,21 @@ def warmup_calibration(runs_dir: str) -> list[str]:
 
 def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None,
            calibration: list[str] | None = None) -> str:
-  lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | trajectories |"
-           " distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | GRPO trajectories |"
+           " + own supervised | distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
     se = "" if math.isnan(a["accuracy_se"]) else f" ± {a['accuracy_se']:.2f}"
     c = a["per_category"]
     partial = "" if a.get("complete") else " (partial: stopped before the budget)"
     lines.append(f"| {arm}{partial} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
-                 f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | {a['distinct_tasks']} |")
+                 f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | "
+                 f"{a.get('supervised_trajectories', 0)} | {a['distinct_tasks']} |")
   if warm:
     c = warm["per_category"]
     lines.append(f"| warm-up policy (before GRPO) | {warm['accuracy_mean']:.2f} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
-                 f" | {warm['mean_rp']:.3f} | | 0 | |")
+                 f" | {warm['mean_rp']:.3f} | | 0 | | |")
   v = mech["variance_by_zone"]
   lines += ["", "| mechanism | value |", "|---|---|",
             f"| mean within-group variance: hard / boundary / mastered | {v['hard']:.4f} / {v['boundary']:.4f} / "

@@ -46,6 +46,7 @@ def test_arm_table_and_mechanism_match_a_direct_computation(tmp_path):
   assert math.isclose(arms["static"]["accuracy_mean"], np.mean(s))
   assert math.isclose(arms["static"]["accuracy_se"], np.std(s, ddof=1) / math.sqrt(2))
   assert arms["static"]["n_seeds"] == 2 and arms["rods"]["n_seeds"] == 1 and arms["rods"]["complete"]
+  assert arms["static"]["supervised_trajectories"] == 0
   mech = report.mechanism(runs)
   num = {z: 0.0 for z in ("hard", "boundary", "mastered")}
   den = dict(num)
@@ -58,3 +59,21 @@ def test_arm_table_and_mechanism_match_a_direct_computation(tmp_path):
   other = (num["hard"] + num["mastered"]) / (den["hard"] + den["mastered"])
   assert math.isclose(mech["variance_ratio_boundary"], num["boundary"] / den["boundary"] / other)
   assert math.isclose(mech["injected_first_rbar_median"], np.median([e["rbar"] for e in truth["rods_s0"][1]]))
+
+
+def test_offline_supervised_stage_is_counted_in_the_trajectory_accounting(tmp_path):
+  """compact() keeps the offline arm's own supervised stage; the table counts steps × sft.batch_size gold
+  trajectories for it."""
+  study, runs_dir = tmp_path / "study", tmp_path / "runs"
+  run = study / "offline_s0"
+  os.makedirs(run / "offline_sft" / "warmup")
+  steps = int(np.random.default_rng(3).integers(5, 40))
+  with open(run / "offline_sft" / "warmup" / "sft_history.json", "w") as f:
+    json.dump({"best_step": steps, "history": [{"step": i + 1, "tokens": 100.0} for i in range(steps)]}, f)
+  with open(run / "config.json", "w") as f:
+    json.dump({"train": {"total_trajectories": 64}, "sft": {"batch_size": 24}}, f)
+  with open(run / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 1, "trajectories": 64, "eval/success": 0.5, "eval/progress": 0.6}) + "\n")
+  assert report.compact(str(study), str(runs_dir)) == ["offline_s0"]
+  arms = report.arm_table(report.load(str(runs_dir)), str(runs_dir))
+  assert arms["offline"]["supervised_trajectories"] == 24 * steps and arms["offline"]["trajectories"] == 64
