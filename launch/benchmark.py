@@ -60,7 +60,19 @@ def machine_info() -> dict[str, Any]:
   devices = jax.devices()
   return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
           "platform": devices[0].platform, "device_kind": getattr(devices[0], "device_kind", ""),
-          "devices": len(devices), "jax": jax.__version__, "python": platform.python_version()}
+          "devices": len(devices), "jax": jax.__version__, "python": platform.python_version(),
+          "code_commit": _code_commit()}
+
+
+def _code_commit() -> str:
+  """The git commit the benchmark ran at (numbers go stale when the engine changes); "" outside a checkout."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), check=False)
+  except (OSError, subprocess.SubprocessError):
+    return ""
+  return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _lab_setup(config, tokenizer_dir: str, checkpoint_dir: str, preset: str, seed: int):

@@ -315,8 +315,9 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = N
   for name, b in bench.items():
     m, r, t = b.get("machine", {}), b.get("rollout", {}), b.get("train", {})
     fmt = lambda v, f: "—" if v is None else format(v, f)
+    commit = f", code {m['code_commit']}" if m.get("code_commit") else ""
     lines.append(f"| {name} | {m.get('device_kind')} ×{m.get('devices')} ({m.get('cpu_count')} CPU cores), jax "
-                 f"{m.get('jax')} | {fmt(r.get('engine_tokens_per_s'), '.0f')} | "
+                 f"{m.get('jax')}{commit} | {fmt(r.get('engine_tokens_per_s'), '.0f')} | "
                  f"{fmt(r.get('reprefill_tokens_per_s'), '.0f')} | {fmt(r.get('speedup'), '.2f')} | "
                  f"{fmt(t.get('tokens_per_s'), '.0f')} | {t.get('batch')}×{t.get('seq')}, "
                  f"{fmt(t.get('matmul_params'), ',')} matmul params | {fmt(100 * t['mfu'] if 'mfu' in t else None, '.1f')} % | "
