@@ -33,8 +33,14 @@ ARM_OF = re.compile(r"^(.*)_s(\d+)$")
 
 
 def compact(study_dir: str, runs_dir: str) -> list[str]:
-  """Copies the report's keys of every run in ``study_dir`` into ``runs_dir`` (gzip JSONL)."""
+  """Copies the report's keys of every run in ``study_dir`` into ``runs_dir`` (gzip JSONL), with each run's final
+  full-split evaluation, and the warm-up checkpoint's (``<study_dir>/_warmup_eval``, launch.evaluate --out_dir)."""
   names = []
+  warm = _standalone_eval(os.path.join(study_dir, "_warmup_eval"), r"^standalone_.*_greedy_k1\.json$")
+  if warm is not None:
+    os.makedirs(runs_dir, exist_ok=True)
+    with open(os.path.join(runs_dir, "warmup_final_eval.json"), "w") as f:
+      json.dump(warm, f)
   for name in sorted(os.listdir(study_dir)):
     src = os.path.join(study_dir, name)
     if not os.path.exists(os.path.join(src, metrics_lib.JSONL_NAME)):
@@ -52,6 +58,10 @@ def compact(study_dir: str, runs_dir: str) -> list[str]:
           shutil.copyfileobj(g, f)
     if os.path.exists(os.path.join(src, "config.json")):
       shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+    final = _standalone_eval(os.path.join(src, "eval"))
+    if final is not None:
+      with open(os.path.join(dst, "final_eval.json"), "w") as f:
+        json.dump(final, f)
     sft_hist = os.path.join(src, "offline_sft", "warmup", "sft_history.json")  # the offline arm's supervised stage
     if os.path.exists(sft_hist):
       with open(sft_hist) as f:
@@ -61,6 +71,33 @@ def compact(study_dir: str, runs_dir: str) -> list[str]:
                    "tokens": sum(h.get("tokens", 0) for h in hist["history"])}, f)
     names.append(name)
   return names
+
+
+def _standalone_eval(eval_dir: str, pattern: str = r"^standalone_step(\d+)_greedy_k1\.json$") -> dict | None:
+  """The greedy evaluation of the run's final checkpoint by ``launch.evaluate`` (largest step, then most tasks):
+  {"source", "n_tasks", "metrics", "per_task": {task id: success}} or None."""
+  if not os.path.isdir(eval_dir):
+    return None
+  found = []
+  for fn in os.listdir(eval_dir):
+    m = re.match(pattern, fn)
+    if m:
+      with open(os.path.join(eval_dir, fn)) as f:
+        d = json.load(f)
+      found.append((int(m.group(1)) if m.groups() else 0, int(d["n_tasks"]), d))
+  if not found:
+    return None
+  _, _, d = max(found, key=lambda x: (x[0], x[1]))
+  return {"source": d["source"], "n_tasks": int(d["n_tasks"]), "metrics": d["metrics"],
+          "per_task": {t["id"]: float(t["successes"]) / float(t["n"]) for t in d["per_task"]}}
+
+
+def load_final_eval(runs_dir: str, name: str) -> dict | None:
+  path = os.path.join(runs_dir, name, "final_eval.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def load(runs_dir: str) -> dict[str, dict]:
@@ -108,12 +145,19 @@ def arm_table(runs: dict[str, dict], runs_dir: str) -> dict[str, dict]:
     finals = [(n, f) for n, f in finals if f is not None]
     if not finals:
       continue
-    acc = [100.0 * f["eval/success"] for _, f in finals]
-    rp = [f["eval/progress"] for _, f in finals]
+    # Accuracy: the full-split evaluation of the final checkpoint when every run of the arm has one
+    # (launch.evaluate), else the last in-training evaluation (its subset of the test split).
+    standalone = [load_final_eval(runs_dir, n) for n, _ in finals]
+    if all(x is not None for x in standalone):
+      scored = [{f"eval/{k}": v for k, v in x["metrics"].items()} for x in standalone]
+    else:
+      scored = [f for _, f in finals]
+    acc = [100.0 * f["eval/success"] for f in scored]
+    rp = [f["eval/progress"] for f in scored]
     am, ase = mean_se(acc)
     cats = {}
     for c in ("base", "miss_func", "miss_param", "long_context"):
-      vals = [100.0 * f[f"eval/{c}/success"] for _, f in finals if f"eval/{c}/success" in f]
+      vals = [100.0 * f[f"eval/{c}/success"] for f in scored if f"eval/{c}/success" in f]
       if vals:
         cats[c] = float(np.mean(vals))
     last = [runs[n]["records"][-1] for n, _ in finals]
@@ -125,9 +169,27 @@ def arm_table(runs: dict[str, dict], runs_dir: str) -> dict[str, dict]:
                 "trajectories": int(np.mean([f["trajectories"] for _, f in finals])),
                 "distinct_tasks": int(np.mean(distinct)), "per_category": cats, "runs": [n for n, _ in finals],
                 "supervised_trajectories": int(np.mean(supervised)),
+                "eval_tasks": int(np.mean([f.get("eval/n_tasks", 0) for f in scored])),
                 "final_step": int(np.mean([r["step"] for r in last])),
                 "complete": all(b is not None and f["trajectories"] >= b for b, (_, f) in zip(budgets, finals))}
   return out
+
+
+def paired_difference(runs_dir: str, arms: dict[str, dict], a: str, b: str) -> dict | None:
+  """Arm a minus arm b on the same held-out tasks: per task, each arm's success averaged over its seeds (final
+  full-split evaluations); mean and standard error of the per-task difference, in points. None without them."""
+  per = {}
+  for arm in (a, b):
+    evals = [load_final_eval(runs_dir, n) for n in arms.get(arm, {}).get("runs", [])]
+    if not evals or any(e is None for e in evals):
+      return None
+    ids = set.intersection(*(set(e["per_task"]) for e in evals))
+    per[arm] = {t: float(np.mean([e["per_task"][t] for e in evals])) for t in ids}
+  common = sorted(set(per[a]) & set(per[b]))
+  if len(common) < 2:
+    return None
+  d = 100.0 * np.array([per[a][t] - per[b][t] for t in common])
+  return {"diff_mean": float(d.mean()), "diff_se": float(d.std(ddof=1) / math.sqrt(len(d))), "n_tasks": len(common)}
 
 
 def _supervised_trajectories(runs_dir: str, name: str) -> int:
@@ -247,8 +309,16 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
   return made
 
 
-def warmup_row(runs: dict[str, dict], arms: dict[str, dict]) -> dict | None:
-  """The warm-up policy's held-out numbers: the evaluation at 0 trajectories of the static runs."""
+def warmup_row(runs: dict[str, dict], arms: dict[str, dict], runs_dir: str) -> dict | None:
+  """The warm-up policy's held-out numbers: its full-split evaluation when there is one, else the evaluation at 0
+  trajectories of the static runs."""
+  path = os.path.join(runs_dir, "warmup_final_eval.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      m = json.load(f)["metrics"]
+    return {"accuracy_mean": 100.0 * m["success"], "mean_rp": m["progress"], "eval_tasks": int(m["n_tasks"]),
+            "per_category": {c: 100.0 * m[f"{c}/success"] for c in ("base", "miss_func", "miss_param",
+                                                                    "long_context") if f"{c}/success" in m}}
   names = arms.get("static", {}).get("runs", [])
   firsts = [first_eval(runs[n]["records"]) for n in names]
   firsts = [f for f in firsts if f is not None and f["trajectories"] == 0]
@@ -282,10 +352,14 @@ def warmup_calibration(runs_dir: str) -> list[str]:
   return head + lines
 
 
+COMPARISONS = (("rods", "static"), ("rods", "dynamic_sampling"), ("rods", "env_augment"), ("rods", "offline"),
+               ("rods", "random_seed"), ("rods", "no_retire"), ("rods", "static_pool"))
+
+
 def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None,
-           calibration: list[str] | None = None) -> str:
+           calibration: list[str] | None = None, comparisons: dict | None = None) -> str:
   lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | GRPO trajectories |"
-           " + own supervised | distinct tasks |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           " + own supervised | distinct tasks | eval tasks |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
     se = "" if math.isnan(a["accuracy_se"]) else f" ± {a['accuracy_se']:.2f}"
     c = a["per_category"]
@@ -293,12 +367,17 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = N
     lines.append(f"| {arm}{partial} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
                  f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | "
-                 f"{a.get('supervised_trajectories', 0)} | {a['distinct_tasks']} |")
+                 f"{a.get('supervised_trajectories', 0)} | {a['distinct_tasks']} | {a.get('eval_tasks', '')} |")
   if warm:
     c = warm["per_category"]
     lines.append(f"| warm-up policy (before GRPO) | {warm['accuracy_mean']:.2f} | " + " | ".join(
         f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
-                 f" | {warm['mean_rp']:.3f} | | 0 | | |")
+                 f" | {warm['mean_rp']:.3f} | | 0 | | | {warm.get('eval_tasks', '')} |")
+  if comparisons:
+    lines += ["", "| paired on the same held-out tasks (seed-averaged success per task) | difference (points) "
+              "| tasks |", "|---|---|---|"]
+    for name, c in comparisons.items():
+      lines.append(f"| {name.replace('-', ' − ')} | {c['diff_mean']:+.2f} ± {c['diff_se']:.2f} | {c['n_tasks']} |")
   v = mech["variance_by_zone"]
   lines += ["", "| mechanism | value |", "|---|---|",
             f"| mean within-group variance: hard / boundary / mastered | {v['hard']:.4f} / {v['boundary']:.4f} / "
@@ -351,8 +430,10 @@ def main(argv):
   if not runs:
     raise app.UsageError(f"no runs in {FLAGS.runs_dir}")
   arms = arm_table(runs, FLAGS.runs_dir)
-  warm = warmup_row(runs, arms)
+  warm = warmup_row(runs, arms, FLAGS.runs_dir)
   mech = mechanism(runs)
+  comparisons = {f"{a}-{b}": c for a, b in COMPARISONS
+                 if (c := paired_difference(FLAGS.runs_dir, arms, a, b)) is not None}
   bench = {}
   if os.path.isdir(FLAGS.benchmarks):
     for fn in sorted(os.listdir(FLAGS.benchmarks)):
@@ -361,14 +442,14 @@ def main(argv):
           bench[fn[:-5]] = json.load(f)
   made = figures(runs, arms, mech, os.path.join(FLAGS.docs, "figures"))
   out = {"arms": arms, "warmup_policy": warm, "mechanism": {k: v for k, v in mech.items() if not k.startswith("_")},
-         "runs_dir": FLAGS.runs_dir, "benchmarks": bench}
+         "comparisons": comparisons, "runs_dir": FLAGS.runs_dir, "benchmarks": bench}
   with open(os.path.join(FLAGS.docs, "results.json"), "w") as f:
     json.dump(out, f, indent=1, sort_keys=True)
-  text = tables(arms, mech, bench, warm, warmup_calibration(FLAGS.runs_dir))
+  text = tables(arms, mech, bench, warm, warmup_calibration(FLAGS.runs_dir), comparisons)
   with open(os.path.join(FLAGS.docs, "results_tables.md"), "w") as f:
     f.write(text)
   fill_markers(os.path.join(FLAGS.docs, "results.md"), text)
-  print(tables(arms, mech, bench, warm, warmup_calibration(FLAGS.runs_dir)))
+  print(text)
   print("figures:", *made, sep="\n  ")
 
 

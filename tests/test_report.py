@@ -77,3 +77,37 @@ def test_offline_supervised_stage_is_counted_in_the_trajectory_accounting(tmp_pa
   assert report.compact(str(study), str(runs_dir)) == ["offline_s0"]
   arms = report.arm_table(report.load(str(runs_dir)), str(runs_dir))
   assert arms["offline"]["supervised_trajectories"] == 24 * steps and arms["offline"]["trajectories"] == 64
+
+
+def test_full_split_final_evaluations_and_paired_differences(tmp_path):
+  """With a launch.evaluate JSON per run, the arm's accuracy is the full-split one (not the in-training subset), and
+  the paired rods − static difference equals a direct per-task computation."""
+  rng = np.random.default_rng(19)
+  study, runs_dir = tmp_path / "study", tmp_path / "runs"
+  ids = [f"t{i}" for i in range(40)]
+  per = {}
+  for name in ("static_s0", "static_s1", "rods_s0", "rods_s1"):
+    run = study / name
+    os.makedirs(run / "eval")
+    with open(run / "metrics.jsonl", "w") as f:
+      f.write(json.dumps({"step": 3, "trajectories": 192, "eval/success": 0.99, "eval/progress": 0.99,
+                          "eval/n_tasks": 10}) + "\n")
+    with open(run / "config.json", "w") as f:
+      json.dump({"train": {"total_trajectories": 192}, "sft": {"batch_size": 8}}, f)
+    succ = rng.integers(0, 2, len(ids))
+    per[name] = dict(zip(ids, succ.astype(float)))
+    metrics = {"success": float(succ.mean()), "progress": float(succ.mean()) / 2, "n_tasks": len(ids)}
+    for step in (1, 3):  # the latest step's evaluation is the one used
+      with open(run / "eval" / f"standalone_step{step}_greedy_k1.json", "w") as f:
+        json.dump({"source": f"step{step}", "n_tasks": len(ids), "metrics": metrics if step == 3 else
+                   {**metrics, "success": 0.0}, "per_task": [{"id": t, "n": 1, "successes": int(per[name][t]),
+                                                             "category": "base", "progress": 0.0} for t in ids]}, f)
+  report.compact(str(study), str(runs_dir))
+  arms = report.arm_table(report.load(str(runs_dir)), str(runs_dir))
+  static = [100 * np.mean(list(per[f"static_s{i}"].values())) for i in range(2)]
+  assert math.isclose(arms["static"]["accuracy_mean"], np.mean(static)) and arms["static"]["eval_tasks"] == 40
+  c = report.paired_difference(str(runs_dir), arms, "rods", "static")
+  d = [100 * ((per["rods_s0"][t] + per["rods_s1"][t]) / 2 - (per["static_s0"][t] + per["static_s1"][t]) / 2)
+       for t in ids]
+  assert math.isclose(c["diff_mean"], np.mean(d)) and math.isclose(c["diff_se"], np.std(d, ddof=1) / math.sqrt(40))
+  assert report.paired_difference(str(runs_dir), arms, "rods", "offline") is None  # no such arm
