@@ -66,9 +66,10 @@ def compact(study_dir: str, runs_dir: str) -> list[str]:
     if os.path.exists(sft_hist):
       with open(sft_hist) as f:
         hist = json.load(f)
-      with open(os.path.join(dst, "sft_summary.json"), "w") as f:
-        json.dump({"steps": len(hist["history"]), "best_step": hist["best_step"],
-                   "tokens": sum(h.get("tokens", 0) for h in hist["history"])}, f)
+      own = [h for h in hist["history"] if h["step"] > hist.get("continued_from", {}).get("steps", 0)]
+      with open(os.path.join(dst, "sft_summary.json"), "w") as f:  # only its own steps, not the shared warm-up's
+        json.dump({"steps": len(own), "best_step": hist["best_step"], "tokens": sum(h.get("tokens", 0) for h in own)},
+                  f)
     names.append(name)
   return names
 

@@ -69,7 +69,9 @@ def test_offline_supervised_stage_is_counted_in_the_trajectory_accounting(tmp_pa
   os.makedirs(run / "offline_sft" / "warmup")
   steps = int(np.random.default_rng(3).integers(5, 40))
   with open(run / "offline_sft" / "warmup" / "sft_history.json", "w") as f:
-    json.dump({"best_step": steps, "history": [{"step": i + 1, "tokens": 100.0} for i in range(steps)]}, f)
+    # a continuation of the shared warm-up (its 7 steps are not this arm's own)
+    json.dump({"best_step": steps, "continued_from": {"steps": 7, "dir": "w", "best_step": 7},
+               "history": [{"step": i + 1, "tokens": 100.0} for i in range(steps + 7)]}, f)
   with open(run / "config.json", "w") as f:
     json.dump({"train": {"total_trajectories": 64}, "sft": {"batch_size": 24}}, f)
   with open(run / "metrics.jsonl", "w") as f:
