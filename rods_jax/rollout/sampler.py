@@ -72,8 +72,8 @@ def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid
   """Appends each row's valid prefix of ``tokens`` to its cache and returns (cache, next-token logits [B, V]).
 
   Row b's ``valid[b]`` must be a prefix of True; a row with no valid token keeps its cache and its old logits (so a
-  batched incremental prefill touches only the rows that have something to append). With ``rows`` ([R], see
-  ``Transformer.extend``), tokens/valid are [R, T] for those cache rows only; ``logits`` stays [B, V].
+  batched incremental prefill touches only the rows that have something to append). With ``rows`` ([R], as in
+  ``kv_cache.take_rows``), tokens/valid are [R, T] for those cache rows only; ``logits`` stays [B, V].
   """
   model = _merge(graphdef, params)
   if rows is None:
@@ -170,6 +170,6 @@ def row_bucket(n: int, total: int, smallest: int) -> int:
 
 
 @functools.partial(jax.jit, donate_argnames=("logits",))
-def put_rows(logits: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
+def scatter_logits(logits: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
   """logits[rows] = values (rows >= B dropped): a compacted segment's last logits back into the full [B, V]."""
   return logits.at[rows].set(values, mode="drop")
