@@ -100,7 +100,9 @@ def test_simulated_rods_run_injects_evicts_retires_and_survives_a_killed_worker(
     cur.close()
   c = cur.buffer.counters
   assert c["requested"] > 0 and c["executed"] > 0 and c["accepted"] > 0
-  assert c["injected"] > 0 and c["evicted"] > 0
+  # Whether the pool is ever full when a variant arrives depends on the worker's timing here; eviction itself is
+  # checked deterministically (inline synthesis) in test_inline_run_evicts_and_retires_deterministically.
+  assert c["injected"] > 0
   assert c["retired_mastered"] + c["retired_unsolvable"] + c["retired_stale"] > 0
   assert cur.client.stats.restarts == 1
   assert any(k.startswith("synth/fail/vm_exec_failed") for k in logs[-1])
@@ -115,6 +117,20 @@ def test_simulated_rods_run_injects_evicts_retires_and_survives_a_killed_worker(
   # Lineage is stamped by the trainer.
   gen = [cur.buffer.get(i) for i in cur.buffer.active_ids() if not cur.buffer.is_seed(i)]
   assert all(t.lineage.parent_id is not None and t.lineage.generation >= 1 for t in gen)
+
+
+def test_inline_run_evicts_and_retires_deterministically(tmp_path):
+  """Inline synthesis (no worker timing): the pool fills to P_max, so later variants evict, and tasks retire."""
+  rng = np.random.default_rng(0)
+  rods, syn = configs(process=False)
+  cur = Curriculum(seed_tasks(16, rng), rods, syn, str(tmp_path), variant_factory, "synthesize", seed=0)
+  try:
+    run(cur, rng, 100)  # asserts seeds stay and the generated pool never exceeds P_max, every step
+  finally:
+    cur.close()
+  c = cur.buffer.counters
+  assert c["injected"] > rods.p_max and c["evicted"] > 0, c
+  assert c["retired_mastered"] > 0 and c["retired_unsolvable"] > 0, c
 
 
 def test_save_restore_mid_run_continues_exactly(tmp_path):
