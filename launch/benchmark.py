@@ -13,6 +13,9 @@ warmed up first (compilations), then timed ``--repeats`` times each, alternating
   speedup              = engine sampled_tokens_per_s / baseline sampled_tokens_per_s
 
 train: ``rods_jax.rl.bench.train_benchmark`` (GRPO step tokens/s and MFU vs a matmul peak measured in the same run).
+
+decode: ``rods_jax.rollout.bench.decode_step_benchmark`` (one sampler decode step of --decode_rows rows attending over
+--decode_kv_len slots; ms per step and bandwidth utilisation vs a streaming read measured in the same run).
 The policy: ``--checkpoint_dir``, else the lab model after ``--sft_steps`` of supervised warm-up on gold toolworld
 trajectories (``rods_jax.rl.sft``), so that it calls tools, reads results and answers as a lab policy does. With
 ``--sft_steps=0`` the weights are random: every message runs to the per-message cap and tools are rarely called, a
@@ -33,7 +36,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "rollout", ["rollout", "train", "all"], "Which benchmarks to run.")
+flags.DEFINE_enum("suite", "rollout", ["rollout", "train", "decode", "all"], "Which benchmarks to run.")
 flags.DEFINE_string("out", "", "Write the JSON here (also printed).")
 flags.DEFINE_integer("tasks", 8, "B: tasks per rollout batch.")
 flags.DEFINE_integer("k", 8, "K: rollouts per task (B*K rows in one cache).")
@@ -51,6 +54,9 @@ flags.DEFINE_integer("sft_steps", 150, "Supervised warm-up steps on gold toolwor
                      "runs to the token cap and tool calls are rare, a decode-only regime).")
 flags.DEFINE_integer("train_batch", 64, "train suite: sequences per step.")
 flags.DEFINE_integer("train_seq", 256, "train suite: tokens per sequence.")
+flags.DEFINE_integer("decode_rows", 64, "decode suite: rows decoded together.")
+flags.DEFINE_integer("decode_kv_len", 384, "decode suite: attention length (cached slots).")
+flags.DEFINE_integer("decode_steps", 32, "decode suite: steps per timed decode call.")
 flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
 flags.DEFINE_float("min_stopped_frac", 0.0, "If in (0, 1): also time the engine with config.rollout.min_stopped_frac "
                    "set to this (decode returns to the host once this fraction of rows stopped), as 'engine_early'.")
@@ -226,6 +232,13 @@ def main(argv):
   if FLAGS.suite in ("train", "all"):
     result["train"] = train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch,
                                   seq=FLAGS.train_seq, repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)
+  if FLAGS.suite in ("decode", "all"):
+    from rods_jax.models import get_preset
+    from rods_jax.rollout.bench import decode_step_benchmark
+    result["decode"] = decode_step_benchmark(get_preset(FLAGS.preset, vocab_size=vocab), FLAGS.decode_rows,
+                                             FLAGS.decode_kv_len, FLAGS.decode_steps, max(FLAGS.repeats, 5),
+                                             warmup=max(FLAGS.warmup, 1), temperature=FLAGS.temperature,
+                                             seed=FLAGS.seed)
   text = json.dumps(result, indent=1, default=float)
   print(text)
   if FLAGS.out:

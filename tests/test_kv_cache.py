@@ -166,7 +166,8 @@ def test_init_cache_shapes_and_errors(model):
   cache = init_cache(cfg, 3, 8)
   assert isinstance(cache, KVCache)
   assert len(cache.k) == len(cache.v) == cfg.n_layers and cache.capacity == 8 and cache.batch == 3
-  assert all(a.shape == (3, cfg.n_kv_heads, 8, cfg.head_dim) and a.dtype == jnp.float32 for a in cache.k + cache.v)
+  assert all(a.shape == (3, cfg.n_kv_heads, cfg.head_dim, 8) and a.dtype == jnp.float32 for a in cache.k)  # K: [B,Hkv,Dh,S]
+  assert all(a.shape == (3, cfg.n_kv_heads, 8, cfg.head_dim) and a.dtype == jnp.float32 for a in cache.v)
   assert cache.length.dtype == jnp.int32
   assert init_cache(cfg, 1, 4, "bfloat16").v[0].dtype == jnp.bfloat16
   with pytest.raises(ValueError, match="capacity"):

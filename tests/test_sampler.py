@@ -7,7 +7,8 @@ from flax import nnx
 
 from rods_jax.models import Transformer, get_preset, init_cache
 from rods_jax.rollout import sampler
-from rods_jax.rollout.sampling import SamplingParams, filter_logits, sample_tokens, token_logps
+from rods_jax.rollout.sampling import (NEG_INF, SamplingParams, filter_logits, inverse_cdf_sample, sample_tokens,
+                                      token_logps)
 
 V = 61
 
@@ -56,6 +57,23 @@ def test_sample_tokens_empirical_distribution():
   z = logits[0].astype(np.float64) / 0.7
   ref = z - np.log(np.exp(z - z.max()).sum()) - z.max()
   np.testing.assert_allclose(np.asarray(lps)[:50], ref[np.asarray(toks)[:50]], atol=1e-5)
+
+
+def test_inverse_cdf_sample_matches_softmax_per_row():
+  """Rows with different distributions (one with a masked token) are each drawn from their own softmax."""
+  rng = np.random.default_rng(7)
+  v, n = 40, 30_000
+  logits = (rng.normal(size=(3, v)) * np.array([[0.5], [2.0], [4.0]])).astype(np.float32)
+  logits[1, 5] = NEG_INF
+  toks = np.asarray(inverse_cdf_sample(jnp.asarray(np.repeat(logits, n, 0)), jax.random.key(11))).reshape(3, n)
+  z = logits.astype(np.float64)
+  want = np.exp(z - z.max(-1, keepdims=True))
+  want /= want.sum(-1, keepdims=True)
+  for r in range(3):
+    freq = np.bincount(toks[r], minlength=v) / n
+    sigma = np.sqrt(want[r] * (1 - want[r]) / n)
+    assert (np.abs(freq - want[r]) <= 5 * sigma + 1e-9).all(), (r, freq, want[r])
+  assert not (toks[1] == 5).any() and toks.min() >= 0 and toks.max() < v
 
 
 def test_greedy_and_token_logps():
@@ -243,3 +261,24 @@ def test_row_bucket_covers_the_busy_rows_with_at_most_a_third_padding():
       assert n <= size <= max(m, -(-3 * n // 2) + 1), (m, n, size)  # +1: 1.5·odd m rounds up
     assert len(sizes) <= 2 * 10 + 1  # two sizes per doubling: few compilations
   assert sampler.row_bucket(40, 64, 8) == 48 and sampler.row_bucket(50, 64, 8) == 64 and sampler.row_bucket(3, 4, 8) == 4
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# decode-step benchmark (rods_jax.rollout.bench)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_decode_bytes_hand_count_and_benchmark_reports_consistent_figures():
+  from rods_jax.rollout import bench
+  cfg = get_preset("lab_tiny", vocab_size=64, hidden=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                   mlp_dim=64)
+  # 2 layers x (K and V) x 3 rows x 2 kv heads x 40 slots x 8 dims x 4 bytes, plus 1000 float32 weights
+  assert bench.decode_bytes(cfg, 1000, 3, 40, 4, 4) == 2 * 2 * 3 * 2 * 40 * 8 * 4 + 4000
+  out = bench.decode_step_benchmark(cfg, rows=3, kv_len=32, steps=4, repeats=2, stream_bytes=1 << 20)
+  _, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  assert out["bytes_per_step"] == bench.decode_bytes(cfg, n_params, 3, 32, 4, 4)
+  assert out["achieved_gbps"] == pytest.approx(out["bytes_per_step"] / (out["step_ms"] / 1e3) / 1e9, rel=1e-9)
+  assert out["mbu"] == pytest.approx(out["achieved_gbps"] / out["stream_gbps"], rel=1e-9)
+  assert out["row_steps_per_s"] == pytest.approx(3 / (out["step_ms"] / 1e3), rel=1e-9)
+  assert out["step_ms"] > 0 and out["stream_gbps"] > 0
+  with pytest.raises(ValueError, match="kv_len"):
+    bench.decode_step_benchmark(cfg, rows=3, kv_len=4, steps=4, repeats=1)

@@ -1,11 +1,13 @@
 """Fixed-capacity KV cache with a per-row write position.
 
-Per layer, one K and one V array [B, Hkv, S, Dh] (a tuple of L of each), so that
+Per layer, one K array [B, Hkv, Dh, S] and one V array [B, Hkv, S, Dh] (a tuple of L of each), so that
 
 * a jitted step can donate the cache and XLA updates it in place;
-* attention reads a layer's keys as one whole, contiguous buffer in the layout its dot wants (batch and kv head
-  leading, slots then head_dim): no per-step slice or transpose copy (slicing a layer out of one stacked
-  [L, B, S, Hkv, Dh] array is a copy on XLA:CPU, every layer, every decode step).
+* attention reads a layer's keys and values as whole, contiguous buffers in the layouts its two dots want: q·Kᵀ
+  contracts Dh, so K is stored transposed and q [Hkv·G, Dh] @ K [Dh, S] is a plain matmul (on XLA:CPU the
+  [S, Dh] layout made this dot ~2x slower, benchmarks/decode_step in docs/benchmarks); p·V contracts S, so V
+  keeps [S, Dh]. No per-step slice or transpose copy (slicing a layer out of one stacked [L, ...] array is a
+  copy on XLA:CPU, every layer, every decode step).
 
 Row b holds `length[b]` valid slots; rows are extended independently (multi-turn: each row appends its own tool
 and user tokens), so there is no shared "current index". `take_rows` / `put_rows` cut a working cache of just the
@@ -22,14 +24,15 @@ from rods_jax.models.config import ModelConfig
 
 
 class KVCache(NamedTuple):
-  """k, v: tuples of L arrays [B, Hkv, S, Dh] in the compute dtype; length: [B] int32 = filled slots per row."""
+  """k: tuple of L arrays [B, Hkv, Dh, S]; v: tuple of L arrays [B, Hkv, S, Dh] (compute dtype); length: [B] int32
+  = filled slots per row."""
   k: tuple[jax.Array, ...]
   v: tuple[jax.Array, ...]
   length: jax.Array
 
   @property
   def capacity(self) -> int:
-    return self.k[0].shape[2]
+    return self.v[0].shape[2]
 
   @property
   def batch(self) -> int:
@@ -41,25 +44,26 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int, dtype: str | None = 
   if batch <= 0 or capacity <= 0:
     raise ValueError(f"init_cache: batch={batch} and capacity={capacity} must be positive")
   dt = jnp.dtype(cfg.dtype if dtype is None else dtype)
-  shape = (batch, cfg.n_kv_heads, capacity, cfg.head_dim)
-  zeros = lambda: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layers))
-  return KVCache(zeros(), zeros(), jnp.zeros((batch,), jnp.int32))
+  zeros = lambda shape: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layers))
+  return KVCache(zeros((batch, cfg.n_kv_heads, cfg.head_dim, capacity)),
+                 zeros((batch, cfg.n_kv_heads, capacity, cfg.head_dim)), jnp.zeros((batch,), jnp.int32))
 
 
 def take_rows(cache: KVCache, rows: jax.Array, slots: int) -> KVCache:
   """A working cache of rows ``rows`` ([R] int32; entries >= B are padding and read row B-1) and their first
-  ``slots`` slots: k/v [R, Hkv, slots, Dh], length [R]. One copy, made once per decode segment."""
+  ``slots`` slots: k [R, Hkv, Dh, slots], v [R, Hkv, slots, Dh], length [R]. One copy, made once per decode
+  segment."""
   if not 0 < slots <= cache.capacity:
     raise ValueError(f"take_rows: slots={slots} must be in [1, capacity={cache.capacity}]")
   safe = jnp.minimum(rows, cache.batch - 1)
-  cut = lambda a: a[safe, :, :slots]
-  return KVCache(tuple(map(cut, cache.k)), tuple(map(cut, cache.v)), cache.length[safe])
+  return KVCache(tuple(a[safe, :, :, :slots] for a in cache.k), tuple(a[safe, :, :slots] for a in cache.v),
+                 cache.length[safe])
 
 
 def put_rows(cache: KVCache, rows: jax.Array, part: KVCache) -> KVCache:
   """Writes a working cache from ``take_rows(cache, rows, slots)`` back into ``cache`` (padding rows, >= B, are
   dropped). With ``cache`` donated the update is in place."""
   slots = part.capacity
-  put = lambda a, p: a.at[rows, :, :slots].set(p, mode="drop")
-  return KVCache(tuple(map(put, cache.k, part.k)), tuple(map(put, cache.v, part.v)),
+  return KVCache(tuple(a.at[rows, :, :, :slots].set(p, mode="drop") for a, p in zip(cache.k, part.k)),
+                 tuple(a.at[rows, :, :slots].set(p, mode="drop") for a, p in zip(cache.v, part.v)),
                  cache.length.at[rows].set(part.length, mode="drop"))

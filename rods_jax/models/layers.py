@@ -68,33 +68,33 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
   return out.astype(x.dtype)
 
 
-def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_heads_first: bool = False) -> jax.Array:
+def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cache_layout: bool = False) -> jax.Array:
   """Grouped-query attention.
 
-  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh], or [B, Hkv, S, Dh] with `kv_heads_first` (the KV cache's layout);
-  mask: [B, T, S] bool (True = may attend). Query head h uses kv head h // (H/Hkv).
+  q: [B, T, H, Dh]; k, v: [B, S, Hkv, Dh], or with `cache_layout` the KV cache's layout, k [B, Hkv, Dh, S] and
+  v [B, Hkv, S, Dh]; mask: [B, T, S] bool (True = may attend). Query head h uses kv head h // (H/Hkv).
   out[b,t,h] = Σ_s softmax_s(q·k_s/√Dh masked) v_s; scores and softmax in float32. Returns [B, T, H, Dh] in q.dtype.
   """
   b, t, h, dh = q.shape
-  hkv = k.shape[1] if kv_heads_first else k.shape[2]
+  hkv = k.shape[1] if cache_layout else k.shape[2]
   qg = q.reshape(b, t, hkv, h // hkv, dh)
-  kv = "bksd" if kv_heads_first else "bskd"
+  ks, vs = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
   if t == 1:  # decode: without the size-1 query axis XLA:CPU emits far cheaper batched dots (measured ~2x)
-    scores = jnp.einsum(f"bkgd,{kv}->bkgs", qg[:, 0], k, preferred_element_type=jnp.float32)[:, :, :, None]
+    scores = jnp.einsum(f"bkgd,{ks}->bkgs", qg[:, 0], k, preferred_element_type=jnp.float32)[:, :, :, None]
   else:
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{ks}->bkgts", qg, k, preferred_element_type=jnp.float32)
   scores = scores * (1.0 / math.sqrt(dh))
   scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   if t == 1:
-    out = jnp.einsum(f"bkgs,{kv}->bkgd", probs[:, :, :, 0], v, preferred_element_type=jnp.float32)[:, None]
+    out = jnp.einsum(f"bkgs,{vs}->bkgd", probs[:, :, :, 0], v, preferred_element_type=jnp.float32)[:, None]
   else:
-    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v, preferred_element_type=jnp.float32)
+    out = jnp.einsum(f"bkgts,{vs}->btkgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
 def chunked_gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int,
-                          kv_heads_first: bool = False) -> jax.Array:
+                          cache_layout: bool = False) -> jax.Array:
   """`gqa_attention` computed over query blocks of `chunk` rows, each block rematerialised in the backward pass.
 
   Same result; the [B, H, T, S] score tensor never exists whole, so peak attention memory is O(chunk·S) instead of
@@ -102,7 +102,7 @@ def chunked_gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   """
   b, t, h, dh = q.shape
   if chunk <= 0 or t <= chunk:
-    return gqa_attention(q, k, v, mask, kv_heads_first)
+    return gqa_attention(q, k, v, mask, cache_layout)
   pad = -t % chunk
   if pad:  # padded query rows see no key; their (finite) output is sliced off
     q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
@@ -110,6 +110,6 @@ def chunked_gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   n = (t + pad) // chunk
   qs = q.reshape(b, n, chunk, h, dh).swapaxes(0, 1)
   ms = mask.reshape(b, n, chunk, mask.shape[-1]).swapaxes(0, 1)
-  block = jax.checkpoint(lambda qm: gqa_attention(qm[0], k, v, qm[1], kv_heads_first))
+  block = jax.checkpoint(lambda qm: gqa_attention(qm[0], k, v, qm[1], cache_layout))
   out = jax.lax.map(block, (qs, ms))  # [n, B, chunk, H, Dh]
   return out.swapaxes(0, 1).reshape(b, n * chunk, h, dh)[:, :t]

@@ -40,7 +40,8 @@ from rods_jax.sharding import constrain, param_shardings
 _BTD = ("act_batch", "act_seq", "act_embed")
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BTKD = ("act_batch", "act_seq", "act_kv_heads", None)
-_CACHE = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's k or v
+_CACHE_K = ("act_batch", "act_kv_heads", None, "act_kv_seq")  # one layer's k [B, Hkv, Dh, S]
+_CACHE_V = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's v [B, Hkv, S, Dh]
 
 
 def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -113,16 +114,17 @@ class Attention(nnx.Module):
 
   def extend(self, x, positions, slots, mask, cache_k, cache_v, kv_len: int):
     """Writes this chunk's k/v at `slots` of this layer's cache (slot == capacity: dropped) and attends over the
-    first kv_len slots. cache_k/v: [B, Hkv, S, Dh] (this layer's)."""
+    first kv_len slots. cache_k: [B, Hkv, Dh, S], cache_v: [B, Hkv, S, Dh] (this layer's; see kv_cache)."""
     q, k, v = self.qkv(x, positions)
     rows = jnp.broadcast_to(jnp.arange(x.shape[0])[:, None], slots.shape)
-    # [B,T] row/slot index arrays around a full slice: the update is indexed [B, T, Hkv, Dh], like k and v
-    cache_k = cache_k.at[rows, :, slots].set(k.astype(cache_k.dtype), mode="drop")
+    # [B,T] row/slot index arrays around full slices: both updates are indexed [B, T, Hkv, Dh], like k and v
+    cache_k = cache_k.at[rows, :, :, slots].set(k.astype(cache_k.dtype), mode="drop")
     cache_v = cache_v.at[rows, :, slots].set(v.astype(cache_v.dtype), mode="drop")
-    cache_k, cache_v = constrain(cache_k, _CACHE), constrain(cache_v, _CACHE)  # keep the donated layout
-    cut = (lambda c: c) if kv_len == cache_k.shape[2] else (lambda c: c[:, :, :kv_len])
-    keys, values = cut(cache_k).astype(q.dtype), cut(cache_v).astype(q.dtype)
-    return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk, kv_heads_first=True)), \
+    cache_k, cache_v = constrain(cache_k, _CACHE_K), constrain(cache_v, _CACHE_V)  # keep the donated layout
+    full = kv_len == cache_v.shape[2]
+    keys = (cache_k if full else cache_k[..., :kv_len]).astype(q.dtype)
+    values = (cache_v if full else cache_v[:, :, :kv_len]).astype(q.dtype)
+    return self.out(chunked_gqa_attention(q, keys, values, mask, self.cfg.attn_chunk, cache_layout=True)), \
         cache_k, cache_v
 
 

@@ -135,7 +135,7 @@ Returns the final DecodeState (early exit as soon as no row is active, or ``min_
 def repeat_rows(cache, logits: jax.Array, k: int):
   """Broadcasts a group's prefilled prompt to its K rollout rows: row b -> rows b*K .. b*K+K-1.
 
-  Every cache array (per-layer k/v [B, Hkv, S, Dh], length [B]) has its batch axis first.
+  Every cache array (per-layer k [B, Hkv, Dh, S] and v [B, Hkv, S, Dh], length [B]) has its batch axis first.
   """
   return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), (cache, logits))
 
