@@ -63,8 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.rollout.prefill_bucket = 32  # incremental-prefill width is rounded up to a multiple of this (few compilations)
   c.rollout.stop_strings = ("<|im_end|>",)  # single-token stops besides EOS; add "</tool_call>" to stop after a call
   # a decode call returns to the host once this fraction of its active rows has stopped (the rest resume next call):
-  # < 1 trades more (cheap) host rounds for fewer idle decode steps; 1 = every row finishes its message first
-  c.rollout.min_stopped_frac = 1.0
+  # < 1 trades more (cheap) host rounds for fewer idle decode steps; 1 = every row finishes its message first.
+  # 0.5 was the fastest of 1 / 0.75 / 0.5 / 0.3 on the lab benchmark (2-core CPU, B*K = 64; compare any value with
+  # `launch.benchmark --min_stopped_frac=F`, timed beside the default: docs/benchmarks/cpu_lab.json has F = 1).
+  c.rollout.min_stopped_frac = 0.5
   # decode / incremental prefill run only the rows that have work (finished or waiting rows are left out), padded to
   # a power of two >= this; 0 = always run all B*K rows. Late in a rollout most rows are done: this is where it pays.
   c.rollout.compact_min_rows = 8
