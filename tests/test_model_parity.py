@@ -213,3 +213,23 @@ def test_chunked_attention_equals_full_values_and_gradients():
   g_chunk = jax.jit(jax.grad(lambda *a: loss(chunked, *a), argnums=(0, 1, 2)))(q, k, v)
   for a, c in zip(g_full, g_chunk):
     np.testing.assert_allclose(np.asarray(c), np.asarray(a), atol=1e-5)
+
+
+def test_token_matmul_against_float64_einsum_values_and_gradients():
+  """The 2-D-matmul projection equals the einsum it replaces (one and two contracted axes), gradients included."""
+  from rods_jax.models.transformer import token_matmul
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(3, 5, 4, 6)).astype(np.float32)  # [b, t, h, k]
+  w2 = rng.normal(size=(4, 6, 7)).astype(np.float32)  # [h, k, d]
+  w1 = rng.normal(size=(6, 2, 3)).astype(np.float32)  # [k, h', k']
+  want2 = np.einsum("bthk,hkd->btd", x.astype(np.float64), w2.astype(np.float64))
+  want1 = np.einsum("bthk,kgj->bthgj", x.astype(np.float64), w1.astype(np.float64))
+  np.testing.assert_allclose(np.asarray(token_matmul(jnp.asarray(x), jnp.asarray(w2), 2)), want2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(token_matmul(jnp.asarray(x), jnp.asarray(w1), 1)), want1, rtol=1e-5, atol=1e-5)
+  c = rng.normal(size=want2.shape)  # d/dw Σ c·(x·w) = Σ_bt x ⊗ c
+  gx, gw = jax.grad(lambda a, b: jnp.sum(jnp.asarray(c, jnp.float32) * token_matmul(a, b, 2)), argnums=(0, 1))(
+      jnp.asarray(x), jnp.asarray(w2))
+  np.testing.assert_allclose(np.asarray(gw), np.einsum("bthk,btd->hkd", x.astype(np.float64), c), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(gx), np.einsum("btd,hkd->bthk", c, w2.astype(np.float64)), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="contracted axes"):
+    token_matmul(jnp.asarray(x), jnp.asarray(w1), 2)

@@ -26,6 +26,7 @@ Parameter layout (the HF loader maps onto these; logical axes in brackets):
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -42,6 +43,18 @@ _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BTKD = ("act_batch", "act_seq", "act_kv_heads", None)
 _CACHE_K = ("act_batch", "act_kv_heads", None, "act_kv_seq")  # one layer's k [B, Hkv, Dh, S]
 _CACHE_V = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's v [B, Hkv, S, Dh]
+
+
+def token_matmul(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
+  """out[b, t, o...] = Σ_i x[b, t, i...] · w[i..., o...], contracting x's last ``n_in`` axes with w's first ``n_in``,
+  computed as ONE 2-D matmul over the b·t tokens. Same values as the einsum; for the 3-D einsum XLA:CPU transposed
+  the activations to form the weight gradient (the lab MLP's backward was 2.5x slower, measured)."""
+  lead, cin = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
+  if w.shape[:n_in] != cin:
+    raise ValueError(f"token_matmul: x {x.shape} and w {w.shape} disagree on the contracted axes")
+  out = w.shape[n_in:]
+  y = x.reshape(math.prod(lead), math.prod(cin)) @ w.reshape(math.prod(cin), math.prod(out))
+  return y.reshape(*lead, *out)
 
 
 def _param(value: jax.Array, axes: Sequence[str | None]) -> nnx.Param:
@@ -91,9 +104,9 @@ class Attention(nnx.Module):
   def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Projected, normed and rotated q [B,T,H,Dh], k, v [B,T,Hkv,Dh] in the compute dtype."""
     dt = x.dtype
-    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    q = token_matmul(x, self.q[...].astype(dt), 1)
+    k = token_matmul(x, self.k[...].astype(dt), 1)
+    v = token_matmul(x, self.v[...].astype(dt), 1)
     if self.q_bias is not None:
       q = q + self.q_bias[...].astype(dt)
       k = k + self.k_bias[...].astype(dt)
@@ -106,7 +119,7 @@ class Attention(nnx.Module):
     return q, k, constrain(v, _BTKD)
 
   def out(self, attn: jax.Array) -> jax.Array:
-    return jnp.einsum("bthk,hkd->btd", attn, self.o[...].astype(attn.dtype))
+    return token_matmul(attn, self.o[...].astype(attn.dtype), 2)
 
   def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
     q, k, v = self.qkv(x, positions)
@@ -139,10 +152,10 @@ class MLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dt = x.dtype
-    g = jnp.einsum("btd,df->btf", x, self.gate[...].astype(dt))
-    u = jnp.einsum("btd,df->btf", x, self.up[...].astype(dt))
+    g = token_matmul(x, self.gate[...].astype(dt), 1)
+    u = token_matmul(x, self.up[...].astype(dt), 1)
     h = constrain(jax.nn.silu(g) * u, ("act_batch", "act_seq", "act_mlp"))
-    return jnp.einsum("btf,fd->btd", h, self.down[...].astype(dt))
+    return token_matmul(h, self.down[...].astype(dt), 1)
 
 
 class Block(nnx.Module):
