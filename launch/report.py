@@ -17,6 +17,8 @@ import shutil
 from absl import app, flags
 import numpy as np
 
+from launch.report_figures import figures
+from launch.report_tables import fill_markers, tables, warmup_calibration
 from rods_jax import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -234,82 +236,6 @@ def mechanism(runs: dict[str, dict]) -> dict:
           "env_augment_first_rbar_n": len(augment)}
 
 
-def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: str) -> list[str]:
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  os.makedirs(fig_dir, exist_ok=True)
-  made = []
-
-  def save(fig, name):
-    p = os.path.join(fig_dir, name)
-    fig.savefig(p, dpi=110, bbox_inches="tight")
-    made.append(p)
-
-  # Learning curves: mean over seeds per arm; held-out greedy success and mean R_P vs trajectories.
-  fig = Figure(figsize=(12, 4.2))
-  axes = fig.subplots(1, 2)
-  n_tasks = None
-  for arm, a in arms.items():
-    for ax, key, scale in ((axes[0], "eval/success", 100.0), (axes[1], "eval/progress", 1.0)):
-      curves = [metrics_lib.series(runs[n]["records"], key) for n in a["runs"]]
-      xs = min((c[0] for c in curves), key=len)
-      ys = np.stack([c[1][:len(xs)] for c in curves])
-      ax.plot(xs, scale * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
-              linewidth=2.5 if arm in ("rods", "static") else 1.2)
-    n_tasks = next((r.get("eval/n_tasks") for n in a["runs"] for r in runs[n]["records"] if "eval/n_tasks" in r),
-                   n_tasks)
-  axes[0].set_ylabel(f"held-out success (%), greedy, {n_tasks} toolworld test tasks")
-  axes[1].set_ylabel("held-out mean progress reward R_P")
-  for ax in axes:
-    ax.set_xlabel("trajectories consumed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
-  save(fig, "learning_curves.png")
-  # frac_zero_std over time per arm (smoothed).
-  fig = Figure(figsize=(7, 4))
-  ax = fig.subplots()
-  for arm, a in arms.items():
-    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "grpo/frac_zero_std")
-    if xs.size:
-      w = max(1, xs.size // 20)
-      ys = np.convolve(ys, np.ones(w) / w, mode="same")
-      ax.plot(xs, ys, label=arm)
-  ax.set_xlabel("trajectories consumed")
-  ax.set_ylabel("fraction of groups with zero reward variance")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize="small", ncol=2)
-  save(fig, "frac_zero_std.png")
-  # Variance per zone.
-  fig = Figure(figsize=(4.5, 3.5))
-  ax = fig.subplots()
-  v = mech["variance_by_zone"]
-  ax.bar(list(v), [v[z] for z in v], color=["#c44", "#4a4", "#48c"])
-  ax.set_ylabel("mean within-group variance of R_P")
-  ax.set_title(f"boundary / other zones = {mech['variance_ratio_boundary']:.2f}x")
-  save(fig, "variance_by_zone.png")
-  # First observed r̄ of injected variants.
-  if mech["_firsts"]:
-    fig = Figure(figsize=(5, 3.5))
-    ax = fig.subplots()
-    ax.hist(mech["_firsts"], bins=np.linspace(0, 1, 21), color="#4a4")
-    ax.axvspan(0.25, 0.75, color="grey", alpha=0.15, label="paper: [0.25, 0.75]")
-    ax.set_xlabel("first observed r̄ of an injected variant")
-    ax.set_ylabel("variants")
-    ax.legend()
-    save(fig, "injected_first_rbar.png")
-  # Pool composition and zones of the first rods run.
-  rods_runs = arms.get("rods", {}).get("runs", [])
-  if rods_runs:
-    recs = runs[rods_runs[0]]["records"]
-    try:
-      metrics_lib.plot_pool_composition(recs, os.path.join(fig_dir, "pool_composition.png"))
-      made.append(os.path.join(fig_dir, "pool_composition.png"))
-      metrics_lib.plot_zone_fractions(recs, os.path.join(fig_dir, "zones_rods.png"))
-      made.append(os.path.join(fig_dir, "zones_rods.png"))
-    except ValueError:
-      pass
-  return made
-
-
 def warmup_row(runs: dict[str, dict], arms: dict[str, dict], runs_dir: str) -> dict | None:
   """The warm-up policy's held-out numbers: its full-split evaluation when there is one, else the evaluation at 0
   trajectories of the static runs."""
@@ -332,94 +258,8 @@ def warmup_row(runs: dict[str, dict], arms: dict[str, dict], runs_dir: str) -> d
                            if all(f"eval/{c}/success" in f for f in firsts)}}
 
 
-def warmup_calibration(runs_dir: str) -> list[str]:
-  """The warm-up's seed-zone table from ``<runs_dir>/warmup_sft_history.json`` (``rods_jax.rl.sft`` history)."""
-  path = os.path.join(runs_dir, "warmup_sft_history.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    hist = json.load(f)
-  lines = ["| SFT step | loss | hard | boundary | mastered | seed mean R_P |", "|---|---|---|---|---|---|"]
-  for h in hist["history"]:
-    if "eval" in h:
-      e, mark = h["eval"], " (selected)" if h["step"] == hist.get("best_step") else ""
-      lines.append(f"| {h['step']}{mark} | {h['loss']:.3f} | {e['hard']:.2f} | {e['boundary']:.2f} | "
-                   f"{e['mastered']:.2f} | {e['reward_mean']:.3f} |")
-  head = ["", "Warm-up calibration (seed zones at K = 8 during supervised training):", ""]
-  if "continued_from" in hist:
-    c = hist["continued_from"]
-    head = head[:2] + [f" steps after {c['steps']} are a continuation (`launch.warmup --init_from`) of the "
-                       f"checkpoint selected at step {c['best_step']}.", ""]
-  return head + lines
-
-
 COMPARISONS = (("rods", "static"), ("rods", "dynamic_sampling"), ("rods", "env_augment"), ("rods", "offline"),
                ("rods", "random_seed"), ("rods", "no_retire"), ("rods", "static_pool"))
-
-
-def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = None,
-           calibration: list[str] | None = None, comparisons: dict | None = None) -> str:
-  lines = ["| arm | overall (%) | base | miss_func | miss_param | long_context | mean R_P | seeds | GRPO trajectories |"
-           " + own supervised | distinct tasks | eval tasks |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  for arm, a in sorted(arms.items(), key=lambda kv: -kv[1]["accuracy_mean"]):
-    se = "" if math.isnan(a["accuracy_se"]) else f" ± {a['accuracy_se']:.2f}"
-    c = a["per_category"]
-    partial = "" if a.get("complete") else " (partial: stopped before the budget)"
-    lines.append(f"| {arm}{partial} | {a['accuracy_mean']:.2f}{se} | " + " | ".join(
-        f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
-                 f" | {a['mean_rp']:.3f} | {a['n_seeds']} | {a['trajectories']} | "
-                 f"{a.get('supervised_trajectories', 0)} | {a['distinct_tasks']} | {a.get('eval_tasks', '')} |")
-  if warm:
-    c = warm["per_category"]
-    lines.append(f"| warm-up policy (before GRPO) | {warm['accuracy_mean']:.2f} | " + " | ".join(
-        f"{c.get(k, float('nan')):.1f}" for k in ("base", "miss_func", "miss_param", "long_context")) +
-                 f" | {warm['mean_rp']:.3f} | | 0 | | | {warm.get('eval_tasks', '')} |")
-  if comparisons:
-    lines += ["", "| paired on the same held-out tasks (seed-averaged success per task) | difference (points) "
-              "| tasks |", "|---|---|---|"]
-    for name, c in comparisons.items():
-      lines.append(f"| {name.replace('-', ' − ')} | {c['diff_mean']:+.2f} ± {c['diff_se']:.2f} | {c['n_tasks']} |")
-  v = mech["variance_by_zone"]
-  lines += ["", "| mechanism | value |", "|---|---|",
-            f"| mean within-group variance: hard / boundary / mastered | {v['hard']:.4f} / {v['boundary']:.4f} / "
-            f"{v['mastered']:.4f} |",
-            f"| boundary variance ÷ other zones | {mech['variance_ratio_boundary']:.2f}× |",
-            f"| injected variants: median first r̄ (IQR), n | {mech['injected_first_rbar_median']:.3f} "
-            f"({', '.join(f'{x:.2f}' for x in mech['injected_first_rbar_iqr'])}), {mech['injected_first_rbar_n']} |",
-            f"| env_augment's uniform perturbations: median first r̄, n | "
-            f"{mech['env_augment_first_rbar_median']:.3f}, {mech['env_augment_first_rbar_n']} |"]
-  lines += calibration or []
-  if bench:
-    lines += ["", "| benchmark | machine | rollout engine (sampled tok/s) | re-prefill baseline | speedup | train tok/s "
-              "| train shape | MFU | measured matmul peak (GFLOP/s) |", "|---|---|---|---|---|---|---|---|---|"]
-  for name, b in bench.items():
-    m, r, t = b.get("machine", {}), b.get("rollout", {}), b.get("train", {})
-    fmt = lambda v, f: "—" if v is None else format(v, f)
-    commit = f", code {m['code_commit']}" if m.get("code_commit") else ""
-    lines.append(f"| {name} | {m.get('device_kind')} ×{m.get('devices')} ({m.get('cpu_count')} CPU cores), jax "
-                 f"{m.get('jax')}{commit} | {fmt(r.get('engine_tokens_per_s'), '.0f')} | "
-                 f"{fmt(r.get('reprefill_tokens_per_s'), '.0f')} | {fmt(r.get('speedup'), '.2f')} | "
-                 f"{fmt(t.get('tokens_per_s'), '.0f')} | {t.get('batch')}×{t.get('seq')}, "
-                 f"{fmt(t.get('matmul_params'), ',')} matmul params | {fmt(100 * t['mfu'] if 'mfu' in t else None, '.1f')} % | "
-                 f"{fmt(t.get('peak_gflops'), '.0f')} |")
-  return "\n".join(lines) + "\n"
-
-
-BEGIN, END = "<!-- tables:begin (written by launch.report) -->", "<!-- tables:end -->"
-
-
-def fill_markers(path: str, text: str) -> None:
-  """Replaces what lies between the table markers of ``path`` (the hand-written report) with ``text``."""
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    doc = f.read()
-  if BEGIN not in doc or END not in doc:
-    return
-  head, rest = doc.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
-  with open(path, "w", encoding="utf-8") as f:
-    f.write(head + BEGIN + "\n" + text + END + tail)
 
 
 def main(argv):
