@@ -19,6 +19,8 @@ train: ``rods_jax.rl.bench.train_benchmark`` (GRPO step tokens/s and MFU vs a ma
 
 decode: ``rods_jax.rollout.bench.decode_step_benchmark`` (one sampler decode step of --decode_rows rows attending over
 --decode_kv_len slots; ms per step and bandwidth utilisation vs a streaming read measured in the same run).
+
+--suite=all runs each suite in a fresh process (timings were order-dependent in one process) and writes one JSON.
 The policy: ``--checkpoint_dir``, else the lab model after ``--sft_steps`` of supervised warm-up on gold toolworld
 trajectories (``rods_jax.rl.sft``), so that it calls tools, reads results and answers as a lab policy does. With
 ``--sft_steps=0`` the weights are random: every message runs to the per-message cap and tools are rarely called, a
@@ -57,6 +59,8 @@ flags.DEFINE_integer("sft_steps", 150, "Supervised warm-up steps on gold toolwor
                      "runs to the token cap and tool calls are rare, a decode-only regime).")
 flags.DEFINE_integer("train_batch", 64, "train suite: sequences per step.")
 flags.DEFINE_integer("train_seq", 256, "train suite: tokens per sequence.")
+flags.DEFINE_integer("vocab", 1024, "train / decode suites: vocabulary size of the lab model (with --suite=all: the "
+                     "rollout suite's tokenizer's).")
 flags.DEFINE_integer("decode_rows", 64, "decode suite: rows decoded together.")
 flags.DEFINE_integer("decode_kv_len", 384, "decode suite: attention length (cached slots).")
 flags.DEFINE_integer("decode_steps", 32, "decode suite: steps per timed decode call.")
@@ -82,7 +86,11 @@ def _code_commit() -> str:
                          cwd=os.path.dirname(os.path.abspath(__file__)), check=False)
   except (OSError, subprocess.SubprocessError):
     return ""
-  return out.stdout.strip() if out.returncode == 0 else ""
+  if out.returncode != 0:
+    return ""
+  dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                         timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
+  return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
 
 
 def _lab_setup(config, tokenizer_dir: str, checkpoint_dir: str, preset: str, seed: int):
@@ -229,29 +237,52 @@ def train_suite(config, *, preset: str, vocab: int, batch: int, seq: int, repeat
                          grpo_cfg=None, optim_cfg=config.optim, rods_cfg=config.rods, seed=seed)
 
 
-def main(argv):
-  del argv
-  from configs import base
-  config = base.get_config()
-  result: dict[str, Any] = {"machine": machine_info()}
-  vocab = 1024
-  if FLAGS.suite in ("rollout", "all"):
-    result["rollout"] = rollout_benchmark(
+def run_suite(suite: str, config, vocab: int) -> dict[str, Any]:
+  """One suite in this process."""
+  if suite == "rollout":
+    return rollout_benchmark(
         config, tasks=FLAGS.tasks, k=FLAGS.k, turns=FLAGS.turns, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
         preset=FLAGS.preset, tokenizer_dir=FLAGS.tokenizer_dir, checkpoint_dir=FLAGS.checkpoint_dir,
         temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps, sft_batch=FLAGS.sft_batch,
         min_stopped_frac=FLAGS.min_stopped_frac)
-    vocab = result["rollout"]["setup"]["vocab"]
-  if FLAGS.suite in ("train", "all"):
-    result["train"] = train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch,
-                                  seq=FLAGS.train_seq, repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)
-  if FLAGS.suite in ("decode", "all"):
-    from rods_jax.models import get_preset
-    from rods_jax.rollout.bench import decode_step_benchmark
-    result["decode"] = decode_step_benchmark(get_preset(FLAGS.preset, vocab_size=vocab), FLAGS.decode_rows,
-                                             FLAGS.decode_kv_len, FLAGS.decode_steps, max(FLAGS.repeats, 5),
-                                             warmup=max(FLAGS.warmup, 1), temperature=FLAGS.temperature,
-                                             seed=FLAGS.seed)
+  if suite == "train":
+    return train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch, seq=FLAGS.train_seq,
+                       repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)
+  from rods_jax.models import get_preset
+  from rods_jax.rollout.bench import decode_step_benchmark
+  return decode_step_benchmark(get_preset(FLAGS.preset, vocab_size=vocab), FLAGS.decode_rows, FLAGS.decode_kv_len,
+                               FLAGS.decode_steps, max(FLAGS.repeats, 5), warmup=max(FLAGS.warmup, 1),
+                               temperature=FLAGS.temperature, seed=FLAGS.seed)
+
+
+def run_isolated(suite: str, vocab: int, argv: list[str]) -> dict[str, Any]:
+  """One suite in a fresh process, with the flags of ``argv`` (a full command line, e.g. ``sys.argv``) but its own
+  --suite, --out and --vocab. Run in the process that had just timed the rollouts,
+  the train step was 1.36x slower (2,153 vs 1,587 ms, same code and machine), so ``--suite=all`` isolates each."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  keep = [a for a in argv[1:] if not a.startswith(("--suite", "--out", "--vocab"))]
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, f"{suite}.json")
+    subprocess.run([sys.executable, "-m", "launch.benchmark", f"--suite={suite}", f"--out={out}",
+                    f"--vocab={vocab}", *keep], check=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+    with open(out, encoding="utf-8") as f:
+      return json.load(f)[suite]
+
+
+def main(argv):
+  del argv  # absl passes the arguments left after flag parsing; the isolated suites get the flags from sys.argv
+  import sys  # pylint: disable=g-import-not-at-top
+  from configs import base
+  config = base.get_config()
+  result: dict[str, Any] = {"machine": machine_info()}
+  if FLAGS.suite == "all":
+    result["rollout"] = run_isolated("rollout", FLAGS.vocab, sys.argv)
+    vocab = int(result["rollout"]["setup"]["vocab"])  # the tokenizer's, for the model-only suites
+    for suite in ("train", "decode"):
+      result[suite] = run_isolated(suite, vocab, sys.argv)
+  else:
+    result[FLAGS.suite] = run_suite(FLAGS.suite, config, FLAGS.vocab)
   text = json.dumps(result, indent=1, default=float)
   print(text)
   if FLAGS.out:
