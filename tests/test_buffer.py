@@ -2,7 +2,6 @@
 crash recovery from the candidate log."""
 import json
 import math
-import os
 import shutil
 
 import numpy as np
@@ -186,7 +185,7 @@ def test_no_retire_keeps_everything_but_burn_in(tmp_path):
   for _ in range(3):
     while not buf.sample(3).epoch_end:
       pass
-    rep = buf.end_epoch()
+    buf.end_epoch()
   assert set(buf.active_ids()) == {"s0", "s1", "s2", "s3", "g0", "g2"}
   assert buf.removed() == {"g1": "evicted"}
 

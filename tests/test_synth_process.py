@@ -13,7 +13,7 @@ import pytest
 
 from rods_jax.envs.task import Lineage, Task
 from rods_jax.rods.buffer import BufferConfig, ReplayBuffer
-from rods_jax.rods.queues import DirExchange, LocalRequestQueue, Outcome, Request
+from rods_jax.rods.queues import DirExchange, LocalRequestQueue, Request
 from rods_jax.rods.synth_process import SynthClient, process_request, run_worker
 
 

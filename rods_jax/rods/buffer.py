@@ -19,7 +19,6 @@ no accepted task.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from typing import Any, Callable, NamedTuple, Sequence

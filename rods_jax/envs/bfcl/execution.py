@@ -12,7 +12,6 @@ working directory: it changes later results but never the checked state, so it i
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import importlib.resources
 import json
