@@ -48,7 +48,8 @@ def main(argv):
                 parent_dir=os.path.abspath(_INIT_FROM.value))
   else:
     tokenizer = loop.build_tokenizer(config, workdir)
-    out = loop.warm_start_dir(config, workdir, env, tokenizer, mesh)
+    # Every seed of the split, as the --init_from branch (sft.warm_up's default): the one warm-up all arms share.
+    out = loop.warm_start_dir(config, workdir, env, tokenizer, mesh, env.load_tasks(config.env.seed_split))
   with open(os.path.join(out, "sft_history.json")) as f:
     hist = json.load(f)
   print(f"warm-up checkpoint: {out} (selected step {hist.get('best_step')}, score {hist.get('best_score')})")

@@ -206,3 +206,21 @@ def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, rendere
   assert not np.array_equal(batch_fn(1).tokens, batch_fn(3).tokens)  # step 3 draws other tasks/worlds than step 1
   with pytest.raises(ValueError, match="does not follow"):
     sft.continued_history(hist, {"best_step": 1, "best_score": 0.0, "history": hist["history"]})
+
+
+def test_launch_warmup_from_scratch_writes_a_checkpoint(tmp_path):
+  """`python -m launch.warmup` without --init_from: builds the lab tokenizer, warms up on the seed split, writes the
+  HF directory arms start from (this entry point once called loop.warm_start_dir with a missing argument)."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "launch.warmup", "--config=configs/static.py", f"--workdir={tmp_path}",
+                        "--config.sft.steps=2", "--config.sft.eval_every=0", "--config.sft.batch_size=8"],
+                       cwd=root, capture_output=True, text=True, timeout=600, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "warm-up checkpoint:" in out.stdout
+  with open(tmp_path / "warmup" / "sft_history.json") as f:
+    hist = json.load(f)
+  assert [h["step"] for h in hist["history"]] == [1, 2]
+  assert (tmp_path / "warmup" / "config.json").exists() and (tmp_path / "warmup" / "tokenizer.json").exists()
