@@ -81,16 +81,15 @@ def machine_info() -> dict[str, Any]:
 def _code_commit() -> str:
   """The git commit the benchmark ran at (numbers go stale when the engine changes); "" outside a checkout."""
   import subprocess  # pylint: disable=g-import-not-at-top
+  git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=False,
+                                     cwd=os.path.dirname(os.path.abspath(__file__)))
   try:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                         cwd=os.path.dirname(os.path.abspath(__file__)), check=False)
+    head, status = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
   except (OSError, subprocess.SubprocessError):
     return ""
-  if out.returncode != 0:
+  if head.returncode != 0:
     return ""
-  dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                         timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)), check=False).stdout.strip()
-  return out.stdout.strip() + ("+uncommitted changes" if dirty else "")
+  return head.stdout.strip() + ("+uncommitted changes" if status.stdout.strip() else "")
 
 
 def _lab_setup(config, tokenizer_dir: str, checkpoint_dir: str, preset: str, seed: int):
@@ -257,8 +256,8 @@ def run_suite(suite: str, config, vocab: int) -> dict[str, Any]:
 
 def run_isolated(suite: str, vocab: int, argv: list[str]) -> dict[str, Any]:
   """One suite in a fresh process, with the flags of ``argv`` (a full command line, e.g. ``sys.argv``) but its own
-  --suite, --out and --vocab. Run in the process that had just timed the rollouts,
-  the train step was 1.36x slower (2,153 vs 1,587 ms, same code and machine), so ``--suite=all`` isolates each."""
+  --suite, --out and --vocab. ``--suite=all`` isolates each suite because, run in the process that had just timed
+  the rollouts, the train step timed markedly slower than on its own (same code and machine)."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   keep = [a for a in argv[1:] if not a.startswith(("--suite", "--out", "--vocab"))]

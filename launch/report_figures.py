@@ -19,6 +19,11 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
     fig.savefig(p, dpi=110, bbox_inches="tight")
     made.append(p)
 
+  def finish(ax):  # a curve against the run's x-axis
+    ax.set_xlabel("trajectories consumed")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+
   # Learning curves: mean over seeds per arm; held-out greedy success and mean R_P vs trajectories.
   fig = Figure(figsize=(12, 4.2))
   axes = fig.subplots(1, 2)
@@ -35,9 +40,7 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
   axes[0].set_ylabel(f"held-out success (%), greedy, {n_tasks} toolworld test tasks")
   axes[1].set_ylabel("held-out mean progress reward R_P")
   for ax in axes:
-    ax.set_xlabel("trajectories consumed")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", ncol=2)
+    finish(ax)
   save(fig, "learning_curves.png")
   # frac_zero_std over time per arm (smoothed).
   fig = Figure(figsize=(7, 4))
@@ -48,10 +51,8 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
       w = max(1, xs.size // 20)
       ys = np.convolve(ys, np.ones(w) / w, mode="same")
       ax.plot(xs, ys, label=arm)
-  ax.set_xlabel("trajectories consumed")
   ax.set_ylabel("fraction of groups with zero reward variance")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize="small", ncol=2)
+  finish(ax)
   save(fig, "frac_zero_std.png")
   # Variance per zone.
   fig = Figure(figsize=(4.5, 3.5))

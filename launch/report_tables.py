@@ -73,7 +73,8 @@ def tables(arms: dict[str, dict], mech: dict, bench: dict, warm: dict | None = N
                  f"{fmt(r.get('reprefill_tokens_per_s'), '.0f')} | {fmt(r.get('speedup'), '.2f')} | "
                  f"{fmt(r.get('speedup_vs_reprefill_plain'), '.2f')} | "
                  f"{fmt(t.get('tokens_per_s'), '.0f')} | {t.get('batch')}×{t.get('seq')}, "
-                 f"{fmt(t.get('matmul_params'), ',')} matmul params | {fmt(100 * t['mfu'] if 'mfu' in t else None, '.1f')} % | "
+                 f"{fmt(t.get('matmul_params'), ',')} matmul params | "
+                 f"{fmt(100 * t['mfu'] if 'mfu' in t else None, '.1f')} % | "
                  f"{fmt(t.get('peak_gflops'), '.0f')} | "
                  + (f"{d['step_ms']:.2f} ms ({d['rows']} × {d['kv_len']}) | {100 * d['mbu']:.0f} % of "
                     f"{d['stream_gbps']:.0f} GB/s |" if d else "— | — |"))

@@ -4,10 +4,9 @@ Per layer, one K array [B, Hkv, Dh, S] and one V array [B, Hkv, S, Dh] (a tuple 
 
 * a jitted step can donate the cache and XLA updates it in place;
 * attention reads a layer's keys and values as whole, contiguous buffers in the layouts its two dots want: q·Kᵀ
-  contracts Dh, so K is stored transposed and q [Hkv·G, Dh] @ K [Dh, S] is a plain matmul (on XLA:CPU the
-  [S, Dh] layout made this dot ~2x slower and a 64-row decode step 1.5x slower; docs/results.md, Throughput);
-  p·V contracts S, so V keeps [S, Dh]. No per-step slice or transpose copy (slicing a layer out of one stacked [L, ...] array is a
-  copy on XLA:CPU, every layer, every decode step).
+  contracts Dh, so K is stored transposed and q [Hkv·G, Dh] @ K [Dh, S] is a plain matmul (XLA:CPU's dot over
+  the [S, Dh] layout was markedly slower); p·V contracts S, so V keeps [S, Dh]. No per-step slice or transpose
+  copy (slicing a layer out of one stacked [L, ...] array is a copy on XLA:CPU, every layer, every decode step).
 
 Row b holds `length[b]` valid slots; rows are extended independently (multi-turn: each row appends its own tool
 and user tokens), so there is no shared "current index". `take_rows` / `put_rows` cut a working cache of just the

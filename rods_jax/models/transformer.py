@@ -48,7 +48,7 @@ _CACHE_V = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's v [B
 def token_matmul(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
   """out[b, t, o...] = Σ_i x[b, t, i...] · w[i..., o...], contracting x's last ``n_in`` axes with w's first ``n_in``,
   computed as ONE 2-D matmul over the b·t tokens. Same values as the einsum; for the 3-D einsum XLA:CPU transposed
-  the activations to form the weight gradient (the lab MLP's backward was 2.5x slower, measured)."""
+  the activations to form the weight gradient (`launch.benchmark --suite=train` times the step)."""
   lead, cin = x.shape[:x.ndim - n_in], x.shape[x.ndim - n_in:]
   if w.shape[:n_in] != cin:
     raise ValueError(f"token_matmul: x {x.shape} and w {w.shape} disagree on the contracted axes")

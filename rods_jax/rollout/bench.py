@@ -98,4 +98,5 @@ def decode_step_benchmark(model_cfg: ModelConfig, rows: int, kv_len: int, steps:
   device = jax.devices()[0]
   return {"step_ms": 1e3 * step_s, "row_steps_per_s": rows / step_s, "bytes_per_step": n_bytes,
           "achieved_gbps": achieved, "stream_gbps": stream, "mbu": achieved / stream, "rows": rows, "kv_len": kv_len,
-          "steps": steps, "temperature": temperature, "device": f"{device.platform}:{getattr(device, 'device_kind', '')}"}
+          "steps": steps, "temperature": temperature,
+          "device": f"{device.platform}:{getattr(device, 'device_kind', '')}"}
