@@ -4,11 +4,15 @@ r"""Run the lab study (issue 7): every arm from one warm-up checkpoint, in paral
       --eval_every=2560 --time_limit_s=3600
 
 Each run is ``python -m launch.train --config=configs/<arm>.py --workdir=<out>/<name> ...`` with the same
-trajectory budget and evaluation points, so every curve shares its x-axis (trajectories consumed). Runs resume from
-their checkpoints: calling the study again continues unfinished runs (a long study can be split into parts).
-The ``offline`` arm does its own supervised stage on the 16K offline split instead of starting from the warm-up.
+trajectory budget and evaluation points, so every curve shares its x-axis (trajectories consumed), followed by
+``launch.evaluate`` of its final checkpoint on the first ``--final_eval_tasks`` test tasks (the report's table);
+the warm-up checkpoint itself is evaluated the same way (``<out>/_warmup_eval``, the "before GRPO" row). Runs
+resume from their checkpoints: calling the study again continues unfinished runs (a long study can be split into
+parts). The ``offline`` arm does its own supervised stage on the 16K offline split instead of starting from the
+warm-up.
 """
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -25,6 +29,8 @@ flags.DEFINE_integer("parallel", 16, "Runs at once.")
 flags.DEFINE_list("runs", None, "Subset of run names (default: all of STUDY).")
 flags.DEFINE_integer("offline_sft_steps", 400, "offline arm: supervised steps on the offline split's gold "
                      "trajectories (batch sft.batch_size) on top of the shared warm-up.")
+flags.DEFINE_integer("final_eval_tasks", 400, "Greedy evaluation of each run's final checkpoint (and of the "
+                     "warm-up) on this many test tasks after training; 0 = none.")
 flags.DEFINE_multi_string("override", [], "Extra --config.* overrides for every run, e.g. rollout.k=8.")
 
 # name -> (config file, per-run overrides). Three seeds for static and rods (mean ± s.e.), one for the rest, and
@@ -42,41 +48,62 @@ STUDY = {
 }
 
 
+WARMUP_EVAL = "_warmup_eval"  # the warm-up checkpoint's own evaluation (launch.report reads this directory)
+
+
+def _evaluate_args(arm: str, workdir: str, warmup: str, extra: dict, checkpoint_dir: str = "") -> list[str]:
+  args = [sys.executable, "-m", "launch.evaluate", f"--config=configs/{arm}.py", f"--workdir={workdir}",
+          f"--max_tasks={FLAGS.final_eval_tasks}", "--k=1", f"--config.sft.init_checkpoint={warmup}",
+          f"--config.model.tokenizer_dir={warmup}"]
+  if checkpoint_dir:
+    args += [f"--checkpoint_dir={checkpoint_dir}", f"--out_dir={workdir}"]
+  return args + _overrides(extra)
+
+
+def _overrides(extra: dict) -> list[str]:
+  return [f"--config.{k}={v}" for k, v in extra.items()] + [f"--config.{o}" for o in FLAGS.override]
+
+
 def command(name: str) -> list[str]:
-  """The run's command line. ``offline`` first continues the shared warm-up with supervised training on the
-  offline split's gold trajectories (``launch.warmup --init_from``), then runs static GRPO on that split."""
+  """The run's command line: ``launch.train`` then (``--final_eval_tasks``) ``launch.evaluate`` of its final
+  checkpoint. ``offline`` first continues the shared warm-up with supervised training on the offline split's gold
+  trajectories (``launch.warmup --init_from``), then runs static GRPO on that split. ``WARMUP_EVAL`` evaluates the
+  warm-up checkpoint only."""
+  warmup = os.path.abspath(FLAGS.warmup)
+  if name == WARMUP_EVAL:
+    return _evaluate_args("static", os.path.join(FLAGS.out, name), warmup, {}, checkpoint_dir=warmup)
   arm, extra = STUDY[name]
   workdir = os.path.join(FLAGS.out, name)
-  warmup = os.path.abspath(FLAGS.warmup)
+  steps = []
   if arm == "offline":
     sft = os.path.join(workdir, "offline_sft")
     pre = [sys.executable, "-m", "launch.warmup", f"--config=configs/{arm}.py", f"--workdir={sft}",
            f"--init_from={warmup}", f"--config.sft.steps={FLAGS.offline_sft_steps}", "--config.sft.warmup_steps=0",
            "--config.sft.select_by_zones=False"]
     warmup = os.path.join(os.path.abspath(sft), "warmup")
-  args = [sys.executable, "-m", "launch.train", f"--config=configs/{arm}.py",
-          f"--workdir={os.path.join(FLAGS.out, name)}",
-          f"--config.train.total_trajectories={FLAGS.total_trajectories}",
-          f"--config.train.eval_every_trajectories={FLAGS.eval_every}",
-          "--config.logging.progress_bar=False", f"--config.sft.init_checkpoint={warmup}",
-          f"--config.model.tokenizer_dir={warmup}"]
-  for k, v in extra.items():
-    args.append(f"--config.{k}={v}")
-  for o in FLAGS.override:
-    args.append(f"--config.{o}")
-  if arm == "offline":
-    quote = lambda a: "'" + a.replace("'", "'\\''") + "'"
-    return ["bash", "-c", f"test -e {quote(warmup)}/config.json || {' '.join(map(quote, pre))}; "
-            f"exec {' '.join(map(quote, args))}"]
-  return args
+    # resumable: the supervised stage runs once (its checkpoint is written at the end)
+    steps.append(f"test -e {shlex.quote(warmup)}/config.json || {shlex.join(pre)}")
+  train = [sys.executable, "-m", "launch.train", f"--config=configs/{arm}.py", f"--workdir={workdir}",
+           f"--config.train.total_trajectories={FLAGS.total_trajectories}",
+           f"--config.train.eval_every_trajectories={FLAGS.eval_every}",
+           "--config.logging.progress_bar=False", f"--config.sft.init_checkpoint={warmup}",
+           f"--config.model.tokenizer_dir={warmup}"] + _overrides(extra)
+  steps.append(shlex.join(train))
+  if FLAGS.final_eval_tasks > 0:
+    steps.append(shlex.join(_evaluate_args(arm, workdir, warmup, extra)))
+  if len(steps) == 1:
+    return train
+  return ["bash", "-c", "set -e; " + "; ".join(steps)]
 
 
 def main(argv):
   del argv
-  names = FLAGS.runs or list(STUDY)
-  unknown = [n for n in names if n not in STUDY]
+  if FLAGS.final_eval_tasks < 0:
+    raise app.UsageError(f"--final_eval_tasks={FLAGS.final_eval_tasks} must be >= 0")
+  names = FLAGS.runs or ([WARMUP_EVAL] if FLAGS.final_eval_tasks else []) + list(STUDY)
+  unknown = [n for n in names if n not in STUDY and n != WARMUP_EVAL]
   if unknown:
-    raise app.UsageError(f"unknown runs {unknown}; known: {sorted(STUDY)}")
+    raise app.UsageError(f"unknown runs {unknown}; known: {[WARMUP_EVAL] + sorted(STUDY)}")
   os.makedirs(FLAGS.out, exist_ok=True)
   pending, running, done = list(names), {}, {}
   t0 = time.time()

@@ -23,7 +23,7 @@ def test_warmup_study_report_pipeline(tmp_path):
            "sft.batch_size=8"]
   printed = _run(["launch.study", f"--out={tmp_path / 'study'}", f"--warmup={tmp_path / 'warm' / 'warmup'}",
                   "--total_trajectories=16", "--eval_every=16", "--parallel=2", "--offline_sft_steps=2",
-                  "--runs=rods_s0,offline_s0", *[f"--override={o}" for o in small]])
+                  "--runs=_warmup_eval,rods_s0,offline_s0", "--final_eval_tasks=4", *[f"--override={o}" for o in small]])
   assert "rods_s0                  0" in printed and "offline_s0               0" in printed, printed
   # the offline arm trained on the offline split after its own supervised continuation
   assert os.path.exists(tmp_path / "study" / "offline_s0" / "offline_sft" / "warmup" / "config.json")
@@ -34,5 +34,11 @@ def test_warmup_study_report_pipeline(tmp_path):
   with open(docs / "results.json") as f:
     res = json.load(f)
   assert set(res["arms"]) == {"rods", "offline"}
+  # each run's final checkpoint and the warm-up were evaluated by the study itself (the table's source)
+  for run in ("rods_s0", "offline_s0"):
+    with open(tmp_path / "runs" / run / "final_eval.json") as f:
+      assert json.load(f)["n_tasks"] == 4
+  with open(tmp_path / "runs" / "warmup_final_eval.json") as f:
+    assert json.load(f)["n_tasks"] == 4
   assert res["arms"]["rods"]["trajectories"] == 16 and res["arms"]["rods"]["n_seeds"] == 1
   assert (docs / "figures" / "learning_curves.png").exists()
