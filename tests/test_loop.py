@@ -1,6 +1,7 @@
 """The RODS trainer: group selection for dynamic sampling, and short end-to-end lab runs (toolworld, tiny model)."""
 import functools
 import json
+import logging
 import os
 
 import jax
@@ -78,7 +79,7 @@ def lab_config(tokenizer_dir, steps):
   return c
 
 
-def test_lab_rods_run_survives_a_killed_synthesizer_and_resumes_exactly(tmp_path, lab_tokenizer_dir):
+def test_lab_rods_run_survives_a_killed_synthesizer_and_resumes_exactly(tmp_path, lab_tokenizer_dir, caplog, capsys):
   from rods_jax import checkpoint as ckpt_lib
   from rods_jax import metrics as metrics_lib
   from rods_jax.rods import loop
@@ -109,8 +110,16 @@ def test_lab_rods_run_survives_a_killed_synthesizer_and_resumes_exactly(tmp_path
   # Part 2: finish the budget from the checkpoint, with held-out evaluation (at 48 trajectories, and the final one).
   c.synthesis.process = True
   c.train.eval_every_trajectories, c.train.eval_max_tasks = 1000, 4
+  caplog.set_level(logging.INFO)
+  capsys.readouterr()
   st = loop.train(c, wd, synth_factory=factory)
   assert st.step == 9 and st.trajectories == 72 and st.last_eval == 72
+  # what a person watching sees: a bar from the resumed count to the budget, one line per step, the evaluations
+  assert "72/72" in capsys.readouterr().err
+  lines = [r.getMessage() for r in caplog.records]
+  assert sum(x.startswith("rods step ") for x in lines) == 3, lines
+  assert any(x.startswith("rods step 9 (72/72): R=") and "pool=" in x for x in lines), lines
+  assert any(x.startswith("held-out evaluation at 72 trajectories: success ") for x in lines), lines
   recs = metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl"))
   steps = [r["step"] for r in recs if "zones/boundary" in r]
   assert steps == list(range(1, 10))

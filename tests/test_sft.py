@@ -1,6 +1,7 @@
 """Supervised warm-up: gold rendering == the chat template with assistant-only masks, the NLL vs numpy, learning,
 checkpoint selection by the evaluation callback, per-sample world re-randomisation, and the lab warm_up entry point."""
 import json
+import logging
 import os
 
 import jax
@@ -175,7 +176,7 @@ def test_zone_score_prefers_boundary_with_both_extremes_present():
   assert fr["hard"] == 0.25 and fr["mastered"] == 0.25 and fr["boundary"] == 0.5 and fr["frac_zero_std"] == 0.75
 
 
-def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, renderer, stop_id, tmp_path):
+def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, renderer, stop_id, tmp_path, caplog):
   c = config.copy_and_resolve_references()
   c.sft.steps, c.sft.eval_every, c.sft.eval_tasks, c.sft.batch_size, c.sft.seq_len = 2, 1, 2, 4, 200
   c.rollout.k, c.rollout.tasks_per_step, c.rollout.max_tokens_per_message = 2, 2, 8
@@ -197,8 +198,12 @@ def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, rendere
   assert len(lines) == 2 and json.loads(lines[0])["step"] == 1
   # a continuation from that checkpoint keeps counting steps (new batches, not a replay) and writes one history
   cont = str(tmp_path / "cont")
+  caplog.set_level(logging.INFO)
   result2 = sft.warm_up(loaded, cfg, env, tok, c, cont, tasks=seeds[:8], parent_history=hist, parent_dir=out)
   assert [h["step"] for h in result2.history] == [3, 4] and result2.best_step in (3, 4)
+  logged = [r.getMessage() for r in caplog.records]
+  assert any(x.startswith("warm-up step 4 (2/2): loss=") for x in logged), logged  # progress of this continuation
+  assert any(x.startswith("warm-up step 4: seed zones hard=") for x in logged), logged
   merged = json.load(open(os.path.join(cont, "sft_history.json")))
   assert [h["step"] for h in merged["history"]] == [1, 2, 3, 4]
   assert merged["continued_from"] == {"dir": out, "steps": 2, "best_step": hist["best_step"]}

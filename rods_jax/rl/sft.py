@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from rods_jax import console
 from rods_jax import sharding as sharding_lib
 from rods_jax.rl import learner as learner_lib
 from rods_jax.rl import logprobs
@@ -340,14 +342,22 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
   os.makedirs(out_dir, exist_ok=True)
   log_path = os.path.join(out_dir, "sft_metrics.jsonl")
 
+  offset = 0 if parent_history is None else max((int(h["step"]) for h in parent_history["history"]), default=0)
+  progress = console.Progress(config.logging, int(config.sft.steps), "step", "warm-up", console.SFT_HEADLINE)
+
   def log_fn(step: int, rec: dict[str, Any]) -> None:
+    progress.update(step, step - offset, rec)
+    if "eval" in rec:
+      logging.info("warm-up step %d: seed zones %s", step, console.headline(
+          rec["eval"], (("hard", "hard"), ("boundary", "boundary"), ("mastered", "mastered"),
+                        ("reward_mean", "R_mean"), ("score", "score"))))
     if jax.process_index() == 0:
       with open(log_path, "a") as f:
         f.write(json.dumps(rec, sort_keys=True) + "\n")
 
-  offset = 0 if parent_history is None else max((int(h["step"]) for h in parent_history["history"]), default=0)
-  result = run_sft(trainer, batch_fn, int(config.sft.steps), eval_every=int(config.sft.eval_every), eval_fn=eval_fn,
-                   log_fn=log_fn, step_offset=offset)
+  with progress:
+    result = run_sft(trainer, batch_fn, int(config.sft.steps), eval_every=int(config.sft.eval_every),
+                     eval_fn=eval_fn, log_fn=log_fn, step_offset=offset)
   selected = nnx.merge(trainer.graphdef, result.best_params)
   hf_loader.export_hf_checkpoint(selected, model_cfg, out_dir)
   if jax.process_index() == 0:

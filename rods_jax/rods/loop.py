@@ -24,6 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from absl import logging
+
+from rods_jax import console
 from rods_jax import metrics as metrics_lib
 from rods_jax.rods import detector
 from rods_jax.rods.buffer import Sample
@@ -180,6 +183,8 @@ def maybe_evaluate(parts: Parts, force: bool = False) -> dict[str, float] | None
   m[metrics_lib.X_AXIS] = st.trajectories
   parts.writer.write(st.step, m)
   _write_eval(parts, m)
+  logging.info("held-out evaluation at %d trajectories: success %.3f, mean R_P %.3f", st.trajectories,
+               m.get("eval/success", float("nan")), m.get("eval/progress", float("nan")))
   every = int(parts.config.train.eval_every_trajectories)
   nxt = st.next_eval
   while every > 0 and nxt <= st.trajectories:
@@ -202,12 +207,16 @@ def train(config, workdir: str, synth_factory: Callable[[], Any] | None = None,
     evals = evaluate_heldout and int(config.train.eval_every_trajectories) > 0 and bool(parts.test_tasks)
     total = int(config.train.total_trajectories)
     done = 0
-    while parts.state.trajectories < total and (max_steps is None or done < max_steps):
-      if evals:
-        maybe_evaluate(parts)  # at 0 (the warm-up policy) and every eval_every_trajectories
-      train_step(parts)
-      done += 1
-      save(parts)
+    with console.Progress(config.logging, total, "traj", str(config.arm), console.GRPO_HEADLINE,
+                          initial=parts.state.trajectories) as progress:
+      while parts.state.trajectories < total and (max_steps is None or done < max_steps):
+        if evals:
+          maybe_evaluate(parts)  # at 0 (the warm-up policy) and every eval_every_trajectories
+        t0 = time.perf_counter()
+        m = train_step(parts)
+        done += 1
+        save(parts)
+        progress.update(parts.state.step, parts.state.trajectories, {**m, "time/step": time.perf_counter() - t0})
     if evals and parts.state.trajectories >= total:
       maybe_evaluate(parts, force=True)  # the final policy
     if parts.ckpt.latest_step() != parts.state.step:

@@ -1,0 +1,72 @@
+"""What a person watching a long run sees: a progress bar and a periodic log line.
+
+``config.logging.progress_bar`` turns on a tqdm bar (stderr, process 0 only) over the loop's own unit (trajectories for
+GRPO, steps for the warm-up); ``config.logging.every_steps`` sets how often one absl log line summarises the step's
+headline metrics (every process logs nothing but process 0). The metrics themselves go to ``rods_jax.metrics``;
+this module only shows them.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping, Sequence
+
+import jax
+from absl import logging
+
+# The headline of a GRPO step (key in the step's metrics -> label), in display order; missing keys are skipped.
+GRPO_HEADLINE = (("reward/mean", "R"), ("rollout/success", "succ"), ("grpo/frac_zero_std", "zero_std"),
+                 ("zones/boundary", "bound"), ("pool/size", "pool"), ("grpo/kl", "kl"), ("time/step", "s/step"))
+SFT_HEADLINE = (("loss", "loss"), ("token_prob", "p_tok"), ("time/step", "s/step"))
+
+
+def headline(metrics: Mapping[str, Any], keys: Sequence[tuple[str, str]]) -> str:
+  """``label=value`` for each key present in ``metrics`` (floats with 3 significant digits)."""
+  parts = []
+  for key, label in keys:
+    value = metrics.get(key)
+    if value is None:
+      continue
+    parts.append(f"{label}={value:.3g}" if isinstance(value, float) else f"{label}={value}")
+  return " ".join(parts)
+
+
+class Progress:
+  """A bar over ``total`` units and a log line every ``cfg.every_steps`` steps. ``cfg`` is ``config.logging``."""
+
+  def __init__(self, cfg, total: int, unit: str, desc: str, headline_keys: Sequence[tuple[str, str]], *,
+               initial: int = 0, is_primary: bool | None = None, stream=None):
+    if int(cfg.every_steps) < 1:
+      raise ValueError(f"config.logging.every_steps={cfg.every_steps} must be >= 1")
+    self._primary = jax.process_index() == 0 if is_primary is None else is_primary
+    self._every = int(cfg.every_steps)
+    self._keys = tuple(headline_keys)
+    self._desc = desc
+    self._total = int(total)
+    self._bar = None
+    if self._primary and cfg.progress_bar:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=self._total, initial=int(initial), unit=unit, desc=desc, dynamic_ncols=True,
+                       file=sys.stderr if stream is None else stream)
+
+  def update(self, step: int, done: int, metrics: Mapping[str, Any]) -> None:
+    """After step ``step``: ``done`` units completed so far, ``metrics`` the step's metrics."""
+    if not self._primary:
+      return
+    line = headline(metrics, self._keys)
+    if self._bar is not None:
+      self._bar.n = int(done)
+      self._bar.set_postfix_str(line, refresh=False)
+      self._bar.refresh()
+    if step % self._every == 0:
+      logging.info("%s step %d (%d/%d): %s", self._desc, step, done, self._total, line)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+      self._bar = None
+
+  def __enter__(self) -> Progress:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
