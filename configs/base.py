@@ -37,7 +37,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.max_calls_per_message = 4
   c.env.max_message_chars = 2048
   c.env.error_hints = False  # EnvTuning-style actionable hints in tool error messages (env_augment arm)
-  c.env.rerandomize_worlds = False  # toolworld: re-draw a task's entities each time it is sampled
   c.env.max_list_items = 5  # parser: items per list argument (DESIGN §1 critique rule)
   c.env.max_depth = 3  # parser: nesting of lists/objects inside one argument value
   c.env.cache_dir = ""  # toolworld split cache; "" = $RODS_JAX_CACHE or ~/.cache/rods_jax

@@ -416,3 +416,28 @@ def test_evaluate_loads_the_runs_latest_params(tmp_path, small_tokenizer):
   assert evaluate.load_policy(config, str(tmp_path), step=5).source == "step5"
   with pytest.raises(FileNotFoundError, match="step 7"):
     evaluate.load_policy(config, str(tmp_path), step=7)
+
+
+def test_every_config_field_has_a_reader():
+  """A field nothing reads is an option silently ignored (logging.progress_bar and env.rerandomize_worlds once were):
+  each leaf name of the base config must be read somewhere in rods_jax/ or launch/ (attribute or string key),
+  validation aside."""
+  import re
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sources = []
+  for top in ("rods_jax", "launch"):
+    for d, _, files in os.walk(os.path.join(root, top)):
+      sources += [open(os.path.join(d, f), encoding="utf-8").read() for f in files
+                  if f.endswith(".py") and f != "config_validation.py"]
+  text = "\n".join(sources)
+
+  def leaves(d, prefix=""):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        yield from leaves(v, prefix + k + ".")
+      else:
+        yield prefix + k
+
+  unread = [key for key in leaves(base.get_config().to_dict())
+            if not re.search(r"(\.|[\"'])" + re.escape(key.split(".")[-1]) + r"\b", text)]
+  assert not unread, f"config fields nothing reads: {unread}"
