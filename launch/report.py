@@ -36,13 +36,18 @@ ARM_OF = re.compile(r"^(.*)_s(\d+)$")
 
 def compact(study_dir: str, runs_dir: str) -> list[str]:
   """Copies the report's keys of every run in ``study_dir`` into ``runs_dir`` (gzip JSONL), with each run's final
-  full-split evaluation, and the warm-up checkpoint's (``<study_dir>/_warmup_eval``, launch.evaluate --out_dir)."""
+  full-split evaluation, and the warm-up checkpoint's (``<study_dir>/_warmup_eval``: launch.evaluate --out_dir and
+  the warm-up's sft_history.json, both written by launch.study)."""
   names = []
-  warm = _standalone_eval(os.path.join(study_dir, "_warmup_eval"), r"^standalone_.*_greedy_k1\.json$")
+  warm_dir = os.path.join(study_dir, "_warmup_eval")
+  warm = _standalone_eval(warm_dir, r"^standalone_.*_greedy_k1\.json$")
   if warm is not None:
     os.makedirs(runs_dir, exist_ok=True)
     with open(os.path.join(runs_dir, "warmup_final_eval.json"), "w") as f:
       json.dump(warm, f)
+  if os.path.exists(os.path.join(warm_dir, "sft_history.json")):  # the warm-up's calibration history
+    os.makedirs(runs_dir, exist_ok=True)
+    shutil.copy(os.path.join(warm_dir, "sft_history.json"), os.path.join(runs_dir, "warmup_sft_history.json"))
   for name in sorted(os.listdir(study_dir)):
     src = os.path.join(study_dir, name)
     if not os.path.exists(os.path.join(src, metrics_lib.JSONL_NAME)):

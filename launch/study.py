@@ -6,7 +6,8 @@ r"""Run the lab study (issue 7): every arm from one warm-up checkpoint, in paral
 Each run is ``python -m launch.train --config=configs/<arm>.py --workdir=<out>/<name> ...`` with the same
 trajectory budget and evaluation points, so every curve shares its x-axis (trajectories consumed), followed by
 ``launch.evaluate`` of its final checkpoint on the first ``--final_eval_tasks`` test tasks (the report's table);
-the warm-up checkpoint itself is evaluated the same way (``<out>/_warmup_eval``, the "before GRPO" row). Runs
+the warm-up checkpoint itself is evaluated the same way (``<out>/_warmup_eval``, the "before GRPO" row, with a copy
+of its ``sft_history.json``: the calibration table). Runs
 resume from their checkpoints: calling the study again continues unfinished runs (a long study can be split into
 parts). The ``offline`` arm does its own supervised stage on the 16K offline split instead of starting from the
 warm-up.
@@ -70,8 +71,11 @@ def command(name: str) -> list[str]:
   trajectories (``launch.warmup --init_from``), then runs static GRPO on that split. ``WARMUP_EVAL`` evaluates the
   warm-up checkpoint only."""
   warmup = os.path.abspath(FLAGS.warmup)
-  if name == WARMUP_EVAL:
-    return _evaluate_args("static", os.path.join(FLAGS.out, name), warmup, {}, checkpoint_dir=warmup)
+  if name == WARMUP_EVAL:  # with the warm-up's history (the report's calibration table)
+    out = os.path.join(FLAGS.out, name)
+    evaluate = _evaluate_args("static", out, warmup, {}, checkpoint_dir=warmup)
+    return ["bash", "-c", f"set -e; mkdir -p {shlex.quote(out)}; cp {shlex.quote(warmup)}/sft_history.json "
+            f"{shlex.quote(out)}/; {shlex.join(evaluate)}"]
   arm, extra = STUDY[name]
   workdir = os.path.join(FLAGS.out, name)
   steps = []

@@ -40,5 +40,7 @@ def test_warmup_study_report_pipeline(tmp_path):
       assert json.load(f)["n_tasks"] == 4
   with open(tmp_path / "runs" / "warmup_final_eval.json") as f:
     assert json.load(f)["n_tasks"] == 4
+  with open(tmp_path / "runs" / "warmup_sft_history.json") as f:  # the calibration table's source, copied along
+    assert [h["step"] for h in json.load(f)["history"]] == [1, 2]
   assert res["arms"]["rods"]["trajectories"] == 16 and res["arms"]["rods"]["n_seeds"] == 1
   assert (docs / "figures" / "learning_curves.png").exists()
