@@ -7,10 +7,9 @@ Each run is ``python -m launch.train --config=configs/<arm>.py --workdir=<out>/<
 trajectory budget and evaluation points, so every curve shares its x-axis (trajectories consumed), followed by
 ``launch.evaluate`` of its final checkpoint on the first ``--final_eval_tasks`` test tasks (the report's table);
 the warm-up checkpoint itself is evaluated the same way (``<out>/_warmup_eval``, the "before GRPO" row, with a copy
-of its ``sft_history.json``: the calibration table). Runs
-resume from their checkpoints: calling the study again continues unfinished runs (a long study can be split into
-parts). The ``offline`` arm does its own supervised stage on the 16K offline split instead of starting from the
-warm-up.
+of its ``sft_history.json``: the calibration table). Runs resume from their checkpoints: calling the study again
+continues unfinished runs (a long study can be split into parts). The ``offline`` arm does its own supervised stage
+on the 16K offline split instead of starting from the warm-up.
 """
 import os
 import shlex
