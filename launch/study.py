@@ -51,8 +51,11 @@ STUDY = {
 WARMUP_EVAL = "_warmup_eval"  # the warm-up checkpoint's own evaluation (launch.report reads this directory)
 
 
-def _evaluate_args(arm: str, workdir: str, warmup: str, extra: dict, checkpoint_dir: str = "") -> list[str]:
-  args = [sys.executable, "-m", "launch.evaluate", f"--config=configs/{arm}.py", f"--workdir={workdir}",
+def _evaluate_args(workdir: str, warmup: str, extra: dict, checkpoint_dir: str = "") -> list[str]:
+  # One protocol for the table: every run is scored under the static arm's config (the held-out evaluation reads
+  # only its env, rollout and model sections), so env_augment's training-time error hints never reach its test
+  # observations.
+  args = [sys.executable, "-m", "launch.evaluate", "--config=configs/static.py", f"--workdir={workdir}",
           f"--max_tasks={FLAGS.final_eval_tasks}", "--k=1", f"--config.sft.init_checkpoint={warmup}",
           f"--config.model.tokenizer_dir={warmup}"]
   if checkpoint_dir:
@@ -72,7 +75,7 @@ def command(name: str) -> list[str]:
   warmup = os.path.abspath(FLAGS.warmup)
   if name == WARMUP_EVAL:  # with the warm-up's history (the report's calibration table)
     out = os.path.join(FLAGS.out, name)
-    evaluate = _evaluate_args("static", out, warmup, {}, checkpoint_dir=warmup)
+    evaluate = _evaluate_args(out, warmup, {}, checkpoint_dir=warmup)
     return ["bash", "-c", f"set -e; mkdir -p {shlex.quote(out)}; cp {shlex.quote(warmup)}/sft_history.json "
             f"{shlex.quote(out)}/; {shlex.join(evaluate)}"]
   arm, extra = STUDY[name]
@@ -93,7 +96,7 @@ def command(name: str) -> list[str]:
            f"--config.model.tokenizer_dir={warmup}"] + _overrides(extra)
   steps.append(shlex.join(train))
   if FLAGS.final_eval_tasks > 0:
-    steps.append(shlex.join(_evaluate_args(arm, workdir, warmup, extra)))
+    steps.append(shlex.join(_evaluate_args(workdir, warmup, extra)))
   if len(steps) == 1:
     return train
   return ["bash", "-c", "set -e; " + "; ".join(steps)]
