@@ -23,7 +23,6 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from absl import logging
 
 from rods_jax import console
