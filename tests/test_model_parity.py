@@ -192,6 +192,14 @@ def test_rms_norm_rope_and_gqa_attention_against_float64_numpy():
   keep = mask.any(-1)
   np.testing.assert_allclose(got[keep], ref[keep], atol=1e-5)
   assert np.isfinite(got).all()
+  # the KV cache's layouts (k [B, Hkv, Dh, S], v [B, Hkv, S, Dh]): the prefill path (T > 1) and the decode path (T = 1)
+  kc, vc = (jnp.asarray(a, jnp.float32) for a in (k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)))
+  got = np.asarray(gqa_attention(jnp.asarray(q, jnp.float32), kc, vc, jnp.asarray(mask), cache_layout=True))
+  np.testing.assert_allclose(got[keep], ref[keep], atol=1e-5)
+  assert np.isfinite(got).all()
+  got = np.asarray(gqa_attention(jnp.asarray(q[:, :1], jnp.float32), kc, vc, jnp.asarray(mask[:, :1]),
+                                 cache_layout=True))
+  np.testing.assert_allclose(got, ref[:, :1], atol=1e-5)
 
 
 def test_chunked_attention_equals_full_values_and_gradients():

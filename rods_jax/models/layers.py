@@ -77,6 +77,8 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cac
   """
   b, t, h, dh = q.shape
   hkv = k.shape[1] if cache_layout else k.shape[2]
+  if cache_layout and t > 1:
+    return _gqa_cache_prefill(q, k, v, mask)
   qg = q.reshape(b, t, hkv, h // hkv, dh)
   ks, vs = ("bkds", "bksd") if cache_layout else ("bskd", "bskd")
   if t == 1:  # decode: without the size-1 query axis XLA:CPU emits cheaper batched dots
@@ -91,6 +93,25 @@ def gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cac
   else:
     out = jnp.einsum(f"bkgts,{vs}->btkgd", probs, v, preferred_element_type=jnp.float32)
   return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+def _gqa_cache_prefill(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`gqa_attention` for T > 1 queries against the cache layout (k [B, Hkv, Dh, S], v [B, Hkv, S, Dh]).
+
+  The T·G queries of a kv head are laid out as the rows of one [T·G, Dh] matrix, so both contractions are plain
+  batched matmuls over (B, Hkv): scores = Q [T·G, Dh] @ K [Dh, S], out = P [T·G, S] @ V [S, Dh]. Written as the
+  5-d einsum of the decode path, XLA:CPU emitted a generic dot plus transposes of the [B, Hkv, G, T, S] scores,
+  2-3x slower for incremental prefills (benchmarked in the rollout engine).
+  """
+  b, t, h, dh = q.shape
+  hkv, s = k.shape[1], k.shape[3]
+  g = h // hkv
+  qm = q.reshape(b, t, hkv, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, hkv, t * g, dh)
+  scores = jnp.einsum("bkmd,bkds->bkms", qm, k, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(dh))
+  allowed = jnp.broadcast_to(mask[:, None, :, None, :], (b, 1, t, g, s)).reshape(b, 1, t * g, s)
+  probs = jax.nn.softmax(jnp.where(allowed, scores, _MASK_VALUE), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkms,bksd->bkmd", probs, v, preferred_element_type=jnp.float32)
+  return out.reshape(b, hkv, t, g, dh).transpose(0, 2, 1, 3, 4).reshape(b, t, h, dh).astype(q.dtype)
 
 
 def chunked_gqa_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, chunk: int,
