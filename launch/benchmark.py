@@ -274,7 +274,9 @@ def main(argv):
   import sys  # pylint: disable=g-import-not-at-top
   from configs import base
   config = base.get_config()
-  result: dict[str, Any] = {"machine": machine_info()}
+  from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
+  result: dict[str, Any] = {"machine": {**machine_info(), "cpu_keep_freed_memory": host_memory.configure(
+      config.rollout.cpu_keep_freed_memory, jax.default_backend())}}
   if FLAGS.suite == "all":
     result["rollout"] = run_isolated("rollout", FLAGS.vocab, sys.argv)
     vocab = int(result["rollout"]["setup"]["vocab"])  # the tokenizer's, for the model-only suites

@@ -63,6 +63,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # progress bars and the table, not Orbax's per-save INFO lines
   config = quick_config(_CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
+  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
   t0 = time.time()
   state = loop.train(config, workdir)
   evals = sorted(glob.glob(os.path.join(workdir, loop.EVAL_DIR, "eval_*.json")))

@@ -55,6 +55,10 @@ def run(fv: flags.FlagValues):
   distributed.initialize_from_flags(fv)
   config, workdir = fv.config, fv.workdir
   prepare(config, workdir)
+  import jax  # after distributed.initialize
+
+  from rods_jax import host_memory
+  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
   if fv.validate_only:
     print(config)
     return None

@@ -24,11 +24,12 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
 
-  from rods_jax import config_validation, envs, sharding  # pylint: disable=g-import-not-at-top
+  from rods_jax import config_validation, envs, host_memory, sharding  # pylint: disable=g-import-not-at-top
   from rods_jax.rods import loop  # pylint: disable=g-import-not-at-top
 
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   config_validation.validate(config, jax.device_count())
+  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   env = envs.make_env(config.env.name, config.env)
