@@ -55,13 +55,13 @@ def run(fv: flags.FlagValues):
   distributed.initialize_from_flags(fv)
   config, workdir = fv.config, fv.workdir
   prepare(config, workdir)
+  if fv.validate_only:
+    print(config)
+    return None
   import jax  # after distributed.initialize
 
   from rods_jax import host_memory
   host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
-  if fv.validate_only:
-    print(config)
-    return None
   from rods_jax.rods import loop  # heavy: imported only for a real run
 
   if loop.CHECKPOINT_DIR != CHECKPOINT_SUBDIR:

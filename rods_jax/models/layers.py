@@ -101,7 +101,7 @@ def _gqa_cache_prefill(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array
   The T·G queries of a kv head are laid out as the rows of one [T·G, Dh] matrix, so both contractions are plain
   batched matmuls over (B, Hkv): scores = Q [T·G, Dh] @ K [Dh, S], out = P [T·G, S] @ V [S, Dh]. Written as the
   5-d einsum of the decode path, XLA:CPU emitted a generic dot plus transposes of the [B, Hkv, G, T, S] scores,
-  2-3x slower for incremental prefills (benchmarked in the rollout engine).
+  markedly slower at the rollout engine's prefill shapes.
   """
   b, t, h, dh = q.shape
   hkv, s = k.shape[1], k.shape[3]
