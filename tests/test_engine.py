@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 from rods_jax.envs.protocol import EpisodeResult, StepResult
 from rods_jax.models import Transformer, get_preset
 from rods_jax.rollout.engine import MultiTurnEngine
-from rods_jax.rollout.render import ChatRenderer, TemplatePrefixError
+from rods_jax.rollout.render import ChatRenderer, TemplatePrefixError, is_plain_json
 from rods_jax.rollout.sampling import SamplingParams
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
@@ -94,6 +94,29 @@ def test_render_deltas_reproduce_the_template(tokenizer):
   state2, ids2 = r.start([{"role": "user", "content": "hi"}], TOOLS)
   _, delta2, _ = r.extend(state2, r.encode("abc"), [{"role": "user", "content": "more"}], True)
   assert r.decode(delta2).startswith("<|im_end|>\n<|im_start|>user\nmore")
+
+
+def test_direct_render_equals_apply_chat_template(tokenizer):
+  r = ChatRenderer(tokenizer)
+  assert r._direct[True] is not None and r._direct[False] is not None  # the fast path is on for this template
+  rng = np.random.default_rng(5)
+  words = ["<|im_end|>", "<tool_call>", "{\"a\": [1, 2]}", "é ü ß", "line\nbreak", "  spaced  ", "x" * 40, ""]
+  for trial in range(20):
+    messages = [{"role": "user", "content": str(rng.choice(words)) + " q"}]
+    for _ in range(int(rng.integers(0, 6))):
+      role = str(rng.choice(["assistant", "tool", "user"]))
+      messages.append({"role": role, "content": " ".join(rng.choice(words, size=int(rng.integers(0, 4))))})
+    tools = TOOLS if trial % 2 else None
+    for gen in (False, True):
+      want = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=gen)
+      assert r.render(messages, tools, gen, plain_tools=True) == want
+  # inputs that are not plain JSON go through apply_chat_template (which normalises them): the same text
+  odd_tools = [{"type": "function", "function": {**TOOLS[0]["function"], "description": np.str_("find a file")}}]
+  assert not is_plain_json(odd_tools)
+  state, _ = r.start([{"role": "user", "content": "q"}], odd_tools)
+  assert not state.plain_tools
+  assert state.text == tokenizer.apply_chat_template([{"role": "user", "content": "q"}], tools=odd_tools,
+                                                     tokenize=False, add_generation_prompt=True)
 
 
 def test_render_eos_stop_kept_in_content(tokenizer):

@@ -33,10 +33,40 @@ class ChatState(NamedTuple):
     tools: the tool schemas rendered into the system prompt (None = no tools).
     text: the rendering of ``messages`` (with the generation prompt when a reply is awaited); equals the decoding of
       the conversation's ids so far.
+    plain_tools: ``tools`` hold only JSON values (checked once, in ``start``), so the direct render may be used.
   """
   messages: tuple[Message, ...]
   tools: tuple[dict, ...] | None
   text: str
+  plain_tools: bool = False
+
+
+def is_plain_json(value: Any) -> bool:
+  """Whether ``value`` is built only of dict (str keys), list, tuple, str, int, float, bool and None: what
+  ``transformers`` would pass to a chat template unchanged."""
+  if value is None or type(value) in (str, int, float, bool):
+    return True
+  if type(value) is dict:
+    return all(type(k) is str and is_plain_json(v) for k, v in value.items())
+  if type(value) in (list, tuple):
+    return all(is_plain_json(v) for v in value)
+  return False
+
+
+def _plain_messages(messages: Sequence[Message]) -> bool:
+  """Messages of string roles and contents only (what the engine builds): nothing for transformers to normalise."""
+  return all(type(m) is dict and m.keys() <= {"role", "content"} and all(type(v) is str for v in m.values())
+             for m in messages)
+
+
+def _compiled_template(tokenizer, template: str | None, with_tools: bool):
+  """transformers' own compiled (sandboxed) Jinja template for this tokenizer, or None where this transformers
+  version does not expose its compiler."""
+  try:
+    from transformers.utils.chat_template_utils import _compile_jinja_template  # pylint: disable=g-import-not-at-top
+    return _compile_jinja_template(tokenizer.get_chat_template(template, [{}] if with_tools else None))
+  except (ImportError, AttributeError, ValueError):
+    return None
 
 
 class ChatRenderer:
@@ -54,12 +84,47 @@ class ChatRenderer:
     self._template = chat_template
     self._special_ids = frozenset(int(i) for i in tokenizer.all_special_ids) | frozenset(
         int(i) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items() if getattr(t, "special", False))
+    # The engine renders the whole conversation after every assistant message. apply_chat_template re-normalises
+    # every message and tool schema on each call (a few times the Jinja render itself); the direct render skips
+    # that for plain JSON inputs, and is used only if it reproduces apply_chat_template on a probe conversation.
+    self._direct = {with_tools: _compiled_template(tokenizer, chat_template, with_tools) for with_tools in (False, True)}
+    self._template_kwargs = dict(tokenizer.special_tokens_map)
+    if not self._direct_matches():
+      self._direct = {False: None, True: None}
 
-  def render(self, messages: Sequence[Message], tools: Sequence[dict] | None, generation_prompt: bool) -> str:
-    """The chat template's text for ``messages`` (no tokenization)."""
+  def render(self, messages: Sequence[Message], tools: Sequence[dict] | None, generation_prompt: bool,
+             plain_tools: bool = False) -> str:
+    """The chat template's text for ``messages`` (no tokenization). ``plain_tools``: the caller has checked
+    ``is_plain_json(tools)``, so plain messages may take the direct render (same text, see ``__init__``)."""
+    direct = self._direct[tools is not None]
+    if direct is not None and (tools is None or plain_tools) and _plain_messages(messages):
+      return direct.render(messages=list(messages), tools=list(tools) if tools is not None else None, documents=None,
+                           add_generation_prompt=generation_prompt, **self._template_kwargs)
     return self.tokenizer.apply_chat_template(
         list(messages), tools=list(tools) if tools is not None else None, tokenize=False,
         add_generation_prompt=generation_prompt, chat_template=self._template)
+
+  def _direct_matches(self) -> bool:
+    """Whether the direct render equals apply_chat_template on a probe conversation (with and without tools and
+    generation prompt)."""
+    tools = [{"type": "function", "function": {"name": "probe_fn", "description": "probe", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}]
+    messages = [{"role": "user", "content": "probe question"},
+                {"role": "assistant", "content": '<tool_call>{"name": "probe_fn", "arguments": {"x": "a"}}</tool_call>'},
+                {"role": "tool", "content": "probe result"}, {"role": "assistant", "content": "probe answer"},
+                {"role": "user", "content": "probe follow-up"}]
+    for with_tools in (False, True):
+      direct = self._direct[with_tools]
+      if direct is None:
+        return False
+      for gen in (False, True):
+        t = tools if with_tools else None
+        slow = self.tokenizer.apply_chat_template(messages, tools=t, tokenize=False, add_generation_prompt=gen,
+                                                  chat_template=self._template)
+        if direct.render(messages=messages, tools=t, documents=None, add_generation_prompt=gen,
+                         **self._template_kwargs) != slow:
+          return False
+    return True
 
   def encode(self, text: str) -> list[int]:
     """Ids of ``text``; the template's text already holds every special token, so none are added."""
@@ -91,8 +156,9 @@ class ChatRenderer:
   def start(self, messages: Sequence[Message], tools: Sequence[dict] | None) -> tuple[ChatState, list[int]]:
     """The prompt: (state, ids) of ``messages`` (system / first user turn) plus the generation prompt."""
     tools_t = tuple(tools) if tools is not None else None
-    text = self.render(messages, tools_t, generation_prompt=True)
-    return ChatState(tuple(messages), tools_t, text), self.encode(text)
+    plain = tools_t is None or is_plain_json(tools_t)
+    text = self.render(messages, tools_t, generation_prompt=True, plain_tools=plain)
+    return ChatState(tuple(messages), tools_t, text, plain), self.encode(text)
 
   def extend(self, state: ChatState, sampled_ids: Sequence[int], new_messages: Sequence[Message],
              generation_prompt: bool) -> tuple[ChatState, list[int], str]:
@@ -117,10 +183,10 @@ class ChatRenderer:
     rendered = ""
     for content in candidates:
       messages = state.messages + ({"role": "assistant", "content": content},) + tuple(new_messages)
-      rendered = self.render(messages, state.tools, generation_prompt)
+      rendered = self.render(messages, state.tools, generation_prompt, plain_tools=state.plain_tools)
       if rendered.startswith(context):
         delta = rendered[len(context):]
-        return ChatState(messages, state.tools, rendered), self.encode(delta), content
+        return ChatState(messages, state.tools, rendered, state.plain_tools), self.encode(delta), content
     at = next((i for i, (a, b) in enumerate(zip(rendered, context)) if a != b), min(len(rendered), len(context)))
     raise TemplatePrefixError(
         "chat template breaks the prefix property: re-rendering the conversation after an assistant message does not "
