@@ -69,8 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   # decode / incremental prefill run only the rows that have work (finished or waiting rows are left out), padded to
   # a power of two >= this; 0 = always run all B*K rows. Late in a rollout most rows are done: this is where it pays.
   c.rollout.compact_min_rows = 8
-  # XLA:CPU only: keep freed host memory mapped for reuse (glibc mallopt), so each decode call does not page-fault
-  # its working cache in anew (rods_jax/host_memory.py); no effect on accelerator backends.
+  # CPU runs: keep freed host memory mapped for reuse (glibc mallopt, applied before the backend starts), so decode
+  # calls and train steps do not page-fault their temporaries in anew (rods_jax/host_memory.py). The paper scale
+  # (accelerators) turns it off; so does a jax_platforms that does not start with cpu.
   c.rollout.cpu_keep_freed_memory = True
 
   # --- GRPO (rods_jax/rl) ---

@@ -32,6 +32,7 @@ def apply_scale(config: ml_collections.ConfigDict, scale: str) -> ml_collections
   c.rollout.max_trajectory_tokens = 16_384
   c.rollout.cache_capacity = 17_408
   c.rollout.kv_bucket = 512
+  c.rollout.cpu_keep_freed_memory = False  # an accelerator run (rods_jax/host_memory.py)
   c.grpo.micro_batch = 32
   c.optim.lr = 1e-6
   c.optim.grad_clip = 1.0

@@ -275,8 +275,8 @@ def main(argv):
   from configs import base
   config = base.get_config()
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  result: dict[str, Any] = {"machine": {**machine_info(), "cpu_keep_freed_memory": host_memory.configure(
-      config.rollout.cpu_keep_freed_memory, jax.default_backend())}}
+  kept = host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  result: dict[str, Any] = {"machine": {**machine_info(), "cpu_keep_freed_memory": kept}}
   if FLAGS.suite == "all":
     result["rollout"] = run_isolated("rollout", FLAGS.vocab, sys.argv)
     vocab = int(result["rollout"]["setup"]["vocab"])  # the tokenizer's, for the model-only suites

@@ -116,12 +116,12 @@ def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = 
 
 def run(fv: flags.FlagValues):
   """Evaluates per the flags, writes the JSON (process 0), prints the metrics and returns the EvalResult."""
-  distributed.initialize_from_flags(fv)
-  config = apply_flags(fv.config, fv.k, fv.max_tasks)
-  import jax  # pylint: disable=g-import-not-at-top  # after distributed.initialize
+  import jax  # pylint: disable=g-import-not-at-top
 
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
+  host_memory.configure(fv.config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  distributed.initialize_from_flags(fv)
+  config = apply_flags(fv.config, fv.k, fv.max_tasks)
   out_dir = fv.out_dir or os.path.join(fv.workdir, "eval")
   result, _ = evaluate(config, fv.workdir, fv.checkpoint_dir, None if fv.step < 0 else fv.step, out_dir, fv.chunk)
   if result.path is not None:

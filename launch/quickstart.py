@@ -66,7 +66,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
 
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
+  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
   t0 = time.time()
   state = loop.train(config, workdir)
   evals = sorted(glob.glob(os.path.join(workdir, loop.EVAL_DIR, "eval_*.json")))

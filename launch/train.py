@@ -52,16 +52,17 @@ def prepare(config, workdir: str) -> int | None:
 
 def run(fv: flags.FlagValues):
   """Everything after flag parsing; returns the loop's final state (None with --validate_only)."""
+  import jax  # pylint: disable=g-import-not-at-top  # imported, not started: the backend starts in prepare()
+
+  from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
+  if not fv.validate_only:  # before the backend starts (see host_memory.configure)
+    host_memory.configure(fv.config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)
   distributed.initialize_from_flags(fv)
   config, workdir = fv.config, fv.workdir
   prepare(config, workdir)
   if fv.validate_only:
     print(config)
     return None
-  import jax  # after distributed.initialize
-
-  from rods_jax import host_memory
-  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.default_backend())
   from rods_jax.rods import loop  # heavy: imported only for a real run
 
   if loop.CHECKPOINT_DIR != CHECKPOINT_SUBDIR:

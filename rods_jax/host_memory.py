@@ -6,7 +6,8 @@ fresh ``mmap`` pages and unmaps them on ``free``, so each call page-faults its t
 machine ~10,000 minor faults, ~8 ms, per decode call of 64 rows at a 320-slot attention length, as long as several of
 its decode steps. ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and a high ``M_TRIM_THRESHOLD`` keeps
 freed heap memory mapped, so later calls reuse warm pages (the process keeps its peak footprint). Accelerator
-backends allocate device memory through their own pooling allocators: there is nothing to do for them.
+backends allocate device memory through their own pooling allocators: there is nothing to do for them, and one
+arena would only serialise a large host's threads.
 """
 from __future__ import annotations
 
@@ -40,10 +41,17 @@ def keep_freed_host_memory() -> bool:
           and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES) == 1)
 
 
-def configure(enabled: bool, backend: str) -> bool:
-  """``keep_freed_host_memory()`` when ``enabled`` (``config.rollout.cpu_keep_freed_memory``) and the JAX backend
-  is the CPU; returns whether the setting is in effect."""
-  if not enabled or backend != "cpu":
+def configure(enabled: bool, platforms: str | None) -> bool:
+  """``keep_freed_host_memory()`` when ``enabled`` (``config.rollout.cpu_keep_freed_memory``) and the run is on
+  the CPU backend; returns whether the setting is in effect.
+
+  Call it first, before JAX starts its backend: the threads XLA:CPU creates then allocate from the one arena, and
+  the train step gains as well (measured ~10 % faster at the lab size; applied after the backend had started, the
+  decode calls gained but the train step did not). ``platforms`` is ``jax.config.jax_platforms`` (None or "" = JAX
+  picks: only a CPU-only install then runs on the CPU, so lab configs enable this and accelerator configs, the
+  ``paper`` scale, disable it); a list that does not start with "cpu" names an accelerator run: left as is.
+  """
+  if not enabled or (platforms and not platforms.split(",")[0].strip().startswith("cpu")):
     return False
   applied = keep_freed_host_memory()
   logging.info("host allocator: %s", "freed memory kept for reuse (glibc mallopt)" if applied else

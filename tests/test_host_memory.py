@@ -16,7 +16,7 @@ _PROBE = textwrap.dedent("""
     from rods_jax.models.kv_cache import init_cache
     from rods_jax.rollout import sampler
     from rods_jax.rollout.sampling import SamplingParams
-    applied = host_memory.configure(sys.argv[1] == "1", jax.default_backend())
+    applied = host_memory.configure(sys.argv[1] == "1", jax.config.jax_platforms)  # before the backend starts
     # one engine decode call: 64 rows of a 576-slot cache, 320-slot attention (a ~40 MB working cache per call)
     cfg = get_preset("lab_tiny", vocab_size=256)
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(0)))
@@ -56,5 +56,12 @@ def test_kept_memory_removes_per_call_page_faults():
 
 def test_configure_is_a_no_op_when_disabled_or_off_cpu():
   assert host_memory.configure(False, "cpu") is False
-  assert host_memory.configure(True, "gpu") is False
-  assert host_memory.configure(True, "tpu") is False
+  assert host_memory.configure(False, None) is False
+  assert host_memory.configure(True, "cuda") is False
+  assert host_memory.configure(True, "tpu,cpu") is False
+
+
+def test_paper_scale_turns_it_off():
+  from configs import rods
+  assert rods.get_config("lab").rollout.cpu_keep_freed_memory
+  assert not rods.get_config("paper").rollout.cpu_keep_freed_memory
