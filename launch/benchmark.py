@@ -275,7 +275,7 @@ def main(argv):
   from configs import base
   config = base.get_config()
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  kept = host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  kept = host_memory.configure_for_run(config)  # before the backend starts
   result: dict[str, Any] = {"machine": {**machine_info(), "cpu_keep_freed_memory": kept}}
   if FLAGS.suite == "all":
     result["rollout"] = run_isolated("rollout", FLAGS.vocab, sys.argv)

@@ -116,10 +116,8 @@ def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = 
 
 def run(fv: flags.FlagValues):
   """Evaluates per the flags, writes the JSON (process 0), prints the metrics and returns the EvalResult."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(fv.config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  host_memory.configure_for_run(fv.config)  # before the backend starts
   distributed.initialize_from_flags(fv)
   config = apply_flags(fv.config, fv.k, fv.max_tasks)
   out_dir = fv.out_dir or os.path.join(fv.workdir, "eval")

@@ -63,10 +63,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # progress bars and the table, not Orbax's per-save INFO lines
   config = quick_config(_CONFIG.value)
   workdir = os.path.abspath(_WORKDIR.value)
-  import jax  # pylint: disable=g-import-not-at-top
-
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  host_memory.configure_for_run(config)  # before the backend starts
   t0 = time.time()
   state = loop.train(config, workdir)
   evals = sorted(glob.glob(os.path.join(workdir, loop.EVAL_DIR, "eval_*.json")))

@@ -52,11 +52,9 @@ def prepare(config, workdir: str) -> int | None:
 
 def run(fv: flags.FlagValues):
   """Everything after flag parsing; returns the loop's final state (None with --validate_only)."""
-  import jax  # pylint: disable=g-import-not-at-top  # imported, not started: the backend starts in prepare()
-
   from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
-  if not fv.validate_only:  # before the backend starts (see host_memory.configure)
-    host_memory.configure(fv.config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)
+  if not fv.validate_only:  # before the backend starts in prepare()
+    host_memory.configure_for_run(fv.config)
   distributed.initialize_from_flags(fv)
   config, workdir = fv.config, fv.workdir
   prepare(config, workdir)

@@ -28,7 +28,7 @@ def main(argv):
   from rods_jax.rods import loop  # pylint: disable=g-import-not-at-top
 
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
-  host_memory.configure(config.rollout.cpu_keep_freed_memory, jax.config.jax_platforms)  # before the backend
+  host_memory.configure_for_run(config)  # before the backend starts
   config_validation.validate(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)

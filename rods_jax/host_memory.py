@@ -3,8 +3,8 @@
 XLA:CPU allocates each call's temporaries with ``malloc``; the rollout engine's decode segment, for one, cuts a
 working KV cache of tens of MB per call. glibc serves every block above its mmap threshold (at most 32 MB) with
 fresh ``mmap`` pages and unmaps them on ``free``, so each call page-faults its temporaries in anew: on the 2-core lab
-machine ~10,000 minor faults, ~8 ms, per decode call of 64 rows at a 320-slot attention length, as long as several of
-its decode steps. ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and a high ``M_TRIM_THRESHOLD`` keeps
+machine ~10,000 minor faults per decode call of 64 rows at a 320-slot attention length (tests/test_host_memory.py
+counts them), about as long as two or three of its decode steps. ``mallopt(M_MMAP_MAX, 0)`` serves large blocks from the heap and a high ``M_TRIM_THRESHOLD`` keeps
 freed heap memory mapped, so later calls reuse warm pages (the process keeps its peak footprint). Accelerator
 backends allocate device memory through their own pooling allocators: there is nothing to do for them, and one
 arena would only serialise a large host's threads.
@@ -46,8 +46,8 @@ def configure(enabled: bool, platforms: str | None) -> bool:
   the CPU backend; returns whether the setting is in effect.
 
   Call it first, before JAX starts its backend: the threads XLA:CPU creates then allocate from the one arena, and
-  the train step gains as well (measured ~10 % faster at the lab size; applied after the backend had started, the
-  decode calls gained but the train step did not). ``platforms`` is ``jax.config.jax_platforms`` (None or "" = JAX
+  the train step gains as well (applied after the backend had started, the decode calls gained but the train step
+  did not: docs/benchmarks/cpu_lab.json at commit c69e915 vs 5c023af). ``platforms`` is ``jax.config.jax_platforms`` (None or "" = JAX
   picks: only a CPU-only install then runs on the CPU, so lab configs enable this and accelerator configs, the
   ``paper`` scale, disable it); a list that does not start with "cpu" names an accelerator run: left as is.
   """
@@ -57,3 +57,11 @@ def configure(enabled: bool, platforms: str | None) -> bool:
   logging.info("host allocator: %s", "freed memory kept for reuse (glibc mallopt)" if applied else
                "left as is (not glibc on Linux)")
   return applied
+
+
+def configure_for_run(config) -> bool:
+  """``configure`` for a launcher: ``config.rollout.cpu_keep_freed_memory`` and JAX's platform setting. Call it
+  before anything starts the JAX backend (``jax.devices()``, ``jax.distributed.initialize``, the first array)."""
+  import jax  # pylint: disable=g-import-not-at-top  # importing jax does not start a backend
+
+  return configure(bool(config.rollout.cpu_keep_freed_memory), jax.config.jax_platforms)

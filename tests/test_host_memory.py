@@ -59,6 +59,8 @@ def test_configure_is_a_no_op_when_disabled_or_off_cpu():
   assert host_memory.configure(False, None) is False
   assert host_memory.configure(True, "cuda") is False
   assert host_memory.configure(True, "tpu,cpu") is False
+  from configs import rods
+  assert host_memory.configure_for_run(rods.get_config("paper")) is False  # the launchers' call, field off
 
 
 def test_paper_scale_turns_it_off():

@@ -41,6 +41,12 @@ class ChatState(NamedTuple):
   plain_tools: bool = False
 
 
+# The probe conversation checks run on (the template's prefix property; the direct render against transformers').
+_PROBE_TOOLS = ({"type": "function", "function": {"name": "probe_fn", "description": "probe", "parameters": {
+    "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}},)
+_PROBE_CALL = '<tool_call>{"name": "probe_fn", "arguments": {"x": "a"}}</tool_call>'
+
+
 def is_plain_json(value: Any) -> bool:
   """Whether ``value`` is built only of dict (str keys), list, tuple, str, int, float, bool and None: what
   ``transformers`` would pass to a chat template unchanged."""
@@ -98,31 +104,32 @@ class ChatRenderer:
     ``is_plain_json(tools)``, so plain messages may take the direct render (same text, see ``__init__``)."""
     direct = self._direct[tools is not None]
     if direct is not None and (tools is None or plain_tools) and _plain_messages(messages):
-      return direct.render(messages=list(messages), tools=list(tools) if tools is not None else None, documents=None,
-                           add_generation_prompt=generation_prompt, **self._template_kwargs)
+      return self._render_direct(direct, messages, tools, generation_prompt)
     return self.tokenizer.apply_chat_template(
         list(messages), tools=list(tools) if tools is not None else None, tokenize=False,
         add_generation_prompt=generation_prompt, chat_template=self._template)
 
+  def _render_direct(self, direct, messages: Sequence[Message], tools: Sequence[dict] | None,
+                     generation_prompt: bool) -> str:
+    # the arguments transformers' render_jinja_template passes the template (its normalisation is the identity here)
+    return direct.render(messages=list(messages), tools=list(tools) if tools is not None else None, documents=None,
+                         add_generation_prompt=generation_prompt, **self._template_kwargs)
+
   def _direct_matches(self) -> bool:
-    """Whether the direct render equals apply_chat_template on a probe conversation (with and without tools and
+    """Whether the direct render equals apply_chat_template on the probe conversation (with and without tools and
     generation prompt)."""
-    tools = [{"type": "function", "function": {"name": "probe_fn", "description": "probe", "parameters": {
-        "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}}]
-    messages = [{"role": "user", "content": "probe question"},
-                {"role": "assistant", "content": '<tool_call>{"name": "probe_fn", "arguments": {"x": "a"}}</tool_call>'},
+    messages = [{"role": "user", "content": "probe question"}, {"role": "assistant", "content": _PROBE_CALL},
                 {"role": "tool", "content": "probe result"}, {"role": "assistant", "content": "probe answer"},
                 {"role": "user", "content": "probe follow-up"}]
     for with_tools in (False, True):
       direct = self._direct[with_tools]
       if direct is None:
         return False
+      tools = _PROBE_TOOLS if with_tools else None
       for gen in (False, True):
-        t = tools if with_tools else None
-        slow = self.tokenizer.apply_chat_template(messages, tools=t, tokenize=False, add_generation_prompt=gen,
-                                                  chat_template=self._template)
-        if direct.render(messages=messages, tools=t, documents=None, add_generation_prompt=gen,
-                         **self._template_kwargs) != slow:
+        slow = self.tokenizer.apply_chat_template(messages, tools=list(tools) if tools else None, tokenize=False,
+                                                  add_generation_prompt=gen, chat_template=self._template)
+        if self._render_direct(direct, messages, tools, gen) != slow:
           return False
     return True
 
@@ -143,11 +150,8 @@ class ChatRenderer:
   def check_prefix_property(self) -> None:
     """Raises TemplatePrefixError unless a probe conversation renders as prefix extensions (user -> assistant with a
     tool call -> tool -> assistant answer -> user -> ...), the pattern the engine relies on."""
-    tools = ({"type": "function", "function": {"name": "probe_fn", "description": "probe", "parameters": {
-        "type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}}},)
-    state, _ = self.start([{"role": "user", "content": "probe question"}], tools)
-    steps = (('<tool_call>{"name": "probe_fn", "arguments": {"x": "a"}}</tool_call>',
-              [{"role": "tool", "content": "probe result"}], True),
+    state, _ = self.start([{"role": "user", "content": "probe question"}], _PROBE_TOOLS)
+    steps = ((_PROBE_CALL, [{"role": "tool", "content": "probe result"}], True),
              ("probe answer", [{"role": "user", "content": "probe follow-up"}], True),
              ("probe final", [], False))
     for text, new, gen in steps:
