@@ -52,6 +52,7 @@ class Policy(NamedTuple):
   model_cfg: Any
   tokenizer: Any
   source: str  # "step<N>" (run checkpoint), the HF directory's name, or "init"
+  mesh: Any  # the config's mesh (the engine spreads its rollout rows over it)
 
 
 def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> Policy:
@@ -73,17 +74,17 @@ def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None
   model, model_cfg = loop.build_model(config, tokenizer, mesh, init_dir)
   graphdef, params = nnx.split(sharding.shard_model(model, mesh))
   if checkpoint_dir:
-    return Policy(graphdef, params, model_cfg, tokenizer, os.path.basename(os.path.normpath(checkpoint_dir)))
+    return Policy(graphdef, params, model_cfg, tokenizer, os.path.basename(os.path.normpath(checkpoint_dir)), mesh)
   ckpt_dir = os.path.join(workdir, loop.CHECKPOINT_DIR)
   if checkpoint.latest_step(ckpt_dir) is None:
     if step is not None:
       raise FileNotFoundError(f"--step={step}: no checkpoints in {ckpt_dir}")
     logging.warning("no checkpoint in %s: evaluating the initial policy (%s)", ckpt_dir, init_dir or "from scratch")
-    return Policy(graphdef, params, model_cfg, tokenizer, "init")
+    return Policy(graphdef, params, model_cfg, tokenizer, "init", mesh)
   with checkpoint.CheckpointManager(ckpt_dir, config.checkpoint) as manager:
     step = manager.latest_step() if step is None else step
     params = manager.restore_params(params, step)
-  return Policy(graphdef, params, model_cfg, tokenizer, f"step{step}")
+  return Policy(graphdef, params, model_cfg, tokenizer, f"step{step}", mesh)
 
 
 def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None, out_dir: str | None = None,
@@ -104,7 +105,7 @@ def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = 
   mode = "greedy" if k == 1 else "sampled"
   logging.info("evaluating %s on %s/%s (%s, k=%d)", policy.source, config.env.name, config.env.test_split, mode, k)
   engine = MultiTurnEngine(policy.graphdef, policy.tokenizer, ChatRenderer(policy.tokenizer), config.rollout,
-                           policy.model_cfg)
+                           policy.model_cfg, mesh=policy.mesh)
   tasks = env.load_tasks(config.env.test_split)[:int(config.train.eval_max_tasks)]
   rollout_fn = eval_lib.engine_rollout_fn(engine, policy.params, env, config.rollout)
   result = eval_lib.evaluate(rollout_fn, tasks, mode=mode, k=k, rng=jax.random.key(int(config.seed)), chunk=chunk,

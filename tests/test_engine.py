@@ -351,6 +351,47 @@ def test_reprefill_baseline_and_bucketing_match_engine(tokenizer, tiny_model):
   assert a.stats["prefill_row_slots"] < b.stats["prefill_row_slots"], (a.stats, b.stats)
 
 
+def test_engine_spreads_rows_over_the_data_parallel_devices(tokenizer, tiny_model):
+  """With the policy's mesh, the cache rows are split over data x fsdp (each device decodes 1/4 of them, at ~1/8
+  of the FLOPs with tensor = 2), and the trajectories equal the one-device engine's. 3 tasks x K = 4: the prompt
+  batch (3 rows) is padded to the data-parallel size 4; early returns + compaction use row buckets of 4."""
+  from rods_jax import sharding
+  from rods_jax.rollout import sampler
+  from rods_jax.rollout.placement import RowPlacement
+  cfg, graphdef, params = tiny_model
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
+  _, sharded = nnx.split(sharding.shard_model(nnx.merge(graphdef, jax.tree.map(jnp.copy, params)), mesh))
+  rcfg = _rollout_cfg(kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.3, compact_min_rows=1)
+  greedy = SamplingParams(temperature=0.0)
+  ref = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg)
+  engine = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg, mesh=mesh)
+  a = ref.rollout(params, ScriptedEnv(), TASKS, 4, jax.random.key(0), sampling=greedy)
+  b = engine.rollout(sharded, ScriptedEnv(), TASKS, 4, jax.random.key(0), sampling=greedy)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.loss_mask, b.loss_mask)
+  np.testing.assert_allclose(a.sampler_logps, b.sampler_logps, atol=1e-4)
+  assert b.stats["prefill_rows_first"] == len(TASKS)  # the padding prompt row is not computed
+  assert engine._compact(np.arange(5), 12).shape == (8,)  # 5 busy rows: bucket 6 -> 8, a multiple of 4
+
+  place = engine.placement
+  assert place.row_multiple == 4 and place.rows(3) == 4
+  n = 12
+  with place.scope():
+    cache = place.new_cache(cfg, n, 128)
+    assert cache.k[0].addressable_shards[0].data.shape[0] == n // 4
+    state = sampler.new_decode_state(cache, place.zero_logits(n, cfg.vocab_size), np.ones(n, bool),
+                                     np.full(n, 4, np.int32), 4, jax.random.key(1))
+    stop = jnp.full((n, 1), -1, jnp.int32)
+    flops = lambda p, s: sampler.decode.lower(graphdef, p, s, stop, jnp.int32(0), sampling=greedy,
+                                              kv_len=128).compile().cost_analysis()["flops"]
+    spread = flops(sharded, state)
+    out = sampler.decode(graphdef, sharded, state, stop, jnp.int32(0), sampling=greedy, kv_len=128)
+  assert out.cache.k[0].addressable_shards[0].data.shape[0] == n // 4  # the donated cache stays split
+  one = RowPlacement.of(None)
+  local = sampler.new_decode_state(one.new_cache(cfg, n, 128), one.zero_logits(n, cfg.vocab_size), np.ones(n, bool),
+                                   np.full(n, 4, np.int32), 4, jax.random.key(1))
+  assert spread < flops(params, local) / 4, (spread, flops(params, local))  # per-device work of one decode step
+
 # ------------------------------------------------------------------------------------------------ toolworld + lab
 
 

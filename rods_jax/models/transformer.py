@@ -34,15 +34,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rods_jax.models.config import ModelConfig
-from rods_jax.models.kv_cache import KVCache
+from rods_jax.models.kv_cache import CACHE_K_AXES, CACHE_V_AXES, KVCache
 from rods_jax.models.layers import apply_rope, chunked_gqa_attention, rms_norm, rope_inv_freq
 from rods_jax.sharding import constrain, param_shardings
 
 _BTD = ("act_batch", "act_seq", "act_embed")
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BTKD = ("act_batch", "act_seq", "act_kv_heads", None)
-_CACHE_K = ("act_batch", "act_kv_heads", None, "act_kv_seq")  # one layer's k [B, Hkv, Dh, S]
-_CACHE_V = ("act_batch", "act_kv_heads", "act_kv_seq", None)  # one layer's v [B, Hkv, S, Dh]
 
 
 def token_matmul(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
@@ -133,7 +131,7 @@ class Attention(nnx.Module):
     # [B,T] row/slot index arrays around full slices: both updates are indexed [B, T, Hkv, Dh], like k and v
     cache_k = cache_k.at[rows, :, :, slots].set(k.astype(cache_k.dtype), mode="drop")
     cache_v = cache_v.at[rows, :, slots].set(v.astype(cache_v.dtype), mode="drop")
-    cache_k, cache_v = constrain(cache_k, _CACHE_K), constrain(cache_v, _CACHE_V)  # keep the donated layout
+    cache_k, cache_v = constrain(cache_k, CACHE_K_AXES), constrain(cache_v, CACHE_V_AXES)  # keep the donated layout
     full = kv_len == cache_v.shape[2]
     keys = (cache_k if full else cache_k[..., :kv_len]).astype(q.dtype)
     values = (cache_v if full else cache_v[:, :, :kv_len]).astype(q.dtype)

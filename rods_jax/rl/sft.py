@@ -325,7 +325,7 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
 
   eval_fn = None
   if config.sft.select_by_zones and config.sft.eval_every > 0:
-    engine = MultiTurnEngine(trainer.graphdef, tokenizer, renderer, config.rollout, model_cfg)
+    engine = MultiTurnEngine(trainer.graphdef, tokenizer, renderer, config.rollout, model_cfg, mesh=mesh)
     eval_tasks = seeds[:int(config.sft.eval_tasks)]
     k = int(config.rollout.k)
 

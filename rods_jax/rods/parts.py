@@ -144,7 +144,7 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   init_dir = warm_start_dir(config, workdir, env, tokenizer, mesh, seeds)
   model, model_cfg = build_model(config, tokenizer, mesh, init_dir)
   learner = GRPOLearner(model, config.optim, config.grpo, config.rods, mesh)
-  engine = MultiTurnEngine(learner.graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg)
+  engine = MultiTurnEngine(learner.graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg, mesh=mesh)
   # Round-robin over categories, so a capped evaluation still covers every category equally.
   test_tasks = limit_seeds(env.load_tasks(config.env.test_split), int(config.train.eval_max_tasks))
   if config.rods.synthesis and synth_factory is None:

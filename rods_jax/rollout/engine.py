@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rods_jax.models.kv_cache import init_cache
 from rods_jax.rollout import sampler
+from rods_jax.rollout.placement import RowPlacement
 from rods_jax.rollout.render import ChatRenderer, ChatState
 from rods_jax.rollout.sampling import SamplingParams
 from rods_jax.rollout.types import RolloutBatch
@@ -111,10 +111,13 @@ class MultiTurnEngine:
     renderer: a ChatRenderer over the same tokenizer.
     rollout_cfg: ``cfg.rollout``.
     model_cfg: the model's ModelConfig (cache shape and dtype).
+    mesh: the policy's device mesh (None: one device); rows are spread over its data-parallel devices
+      (``placement.RowPlacement``).
   """
 
-  def __init__(self, model_graphdef, tokenizer, renderer: ChatRenderer, rollout_cfg, model_cfg):
+  def __init__(self, model_graphdef, tokenizer, renderer: ChatRenderer, rollout_cfg, model_cfg, mesh=None):
     self.graphdef = model_graphdef
+    self.placement = RowPlacement.of(mesh)
     self.renderer = renderer
     self.model_cfg = model_cfg
     self.limits = EngineLimits.from_config(rollout_cfg)
@@ -137,6 +140,10 @@ class MultiTurnEngine:
     """
     if k <= 0 or not tasks:
       raise ValueError(f"rollout needs k >= 1 and at least one task, got k={k}, {len(tasks)} tasks")
+    with self.placement.scope():
+      return self._rollout(params, env, tasks, k, rng, reprefill, sampling)
+
+  def _rollout(self, params, env, tasks, k, rng, reprefill, sampling) -> RolloutBatch:
     lim = self.limits
     samp = self.sampling if sampling is None else sampling
     params = params if isinstance(params, tuple) else (params,)
@@ -161,15 +168,16 @@ class MultiTurnEngine:
     times["tools"] += time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    place, vocab = self.placement, self.model_cfg.vocab_size
     if reprefill:  # the baseline has no shared-prompt prefill either (Tunix repeats the prompt G times)
-      cache = init_cache(self.model_cfg, n_rows, lim.cache_capacity)
-      logits = jnp.zeros((n_rows, self.model_cfg.vocab_size), jnp.float32)
-      cache, logits = self._prefill(params, cache, logits, [r.tokens for r in rows], stats)
-    else:
-      cache = init_cache(self.model_cfg, len(tasks), lim.cache_capacity)
-      logits = jnp.zeros((len(tasks), self.model_cfg.vocab_size), jnp.float32)
-      cache, logits = self._prefill(params, cache, logits, prompts, stats)
-      cache, logits = sampler.repeat_rows(cache, logits, k)
+      cache = place.new_cache(self.model_cfg, n_rows, lim.cache_capacity)
+      cache, logits = self._prefill(params, cache, place.zero_logits(n_rows, vocab), [r.tokens for r in rows], stats)
+    else:  # prompt rows padded to the data-parallel size (empty rows are not computed), cut after the broadcast
+      n_prompt = place.rows(len(tasks))
+      cache = place.new_cache(self.model_cfg, n_prompt, lim.cache_capacity)
+      cache, logits = self._prefill(params, cache, place.zero_logits(n_prompt, vocab),
+                                    prompts + [[]] * (n_prompt - len(tasks)), stats)
+      cache, logits = sampler.repeat_rows(cache, logits, k, n_rows if n_prompt > len(tasks) else None)
     for r in rows:
       r.cached = len(r.tokens)
     jax.block_until_ready(logits)
@@ -289,11 +297,12 @@ class MultiTurnEngine:
     return delta
 
   def _compact(self, busy: np.ndarray, n_rows: int) -> np.ndarray | None:
-    """Row indices of a compacted batch: the busy rows, padded with n_rows (= "no row") up to a power-of-two bucket;
-    None when compaction is off or the bucket would not be smaller than all rows."""
+    """Row indices of a compacted batch: the busy rows, padded with n_rows (= "no row") up to a row bucket that is a
+    multiple of the data-parallel size; None when compaction is off or the bucket would not be smaller than all
+    rows."""
     if self.limits.compact_min_rows <= 0:
       return None
-    size = sampler.row_bucket(len(busy), n_rows, self.limits.compact_min_rows)
+    size = min(self.placement.rows(sampler.row_bucket(len(busy), n_rows, self.limits.compact_min_rows)), n_rows)
     if size >= n_rows:
       return None
     sel = np.full((size,), n_rows, np.int32)

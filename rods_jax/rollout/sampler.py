@@ -22,6 +22,9 @@ from flax import nnx
 
 from rods_jax.models import kv_cache
 from rods_jax.rollout.sampling import SamplingParams, sample_tokens
+from rods_jax.sharding import constrain
+
+_ROWS = ("act_batch", None)  # a per-row [B, ·] array: rows over the data-parallel devices (under jax.set_mesh)
 
 
 class DecodeState(NamedTuple):
@@ -82,7 +85,7 @@ def prefill(graphdef, params, cache, logits: jax.Array, tokens: jax.Array, valid
   n = jnp.sum(valid, axis=1)
   old = logits[jnp.minimum(rows, logits.shape[0] - 1)]
   new = jnp.where((n > 0)[:, None], last.astype(jnp.float32), old)
-  return kv_cache.put_rows(cache, rows, part), logits.at[rows].set(new, mode="drop")
+  return kv_cache.put_rows(cache, rows, part), constrain(logits.at[rows].set(new, mode="drop"), _ROWS)
 
 
 def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_stopped: jax.Array | int = 0, *,
@@ -108,7 +111,7 @@ def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_
     logps = s.logps.at[rows, slot].set(lp, mode="drop")
     n_new = s.n_new + act.astype(jnp.int32)
     out, cache = model.extend(tok[:, None], act[:, None], s.cache, last_only=True)
-    logits = jnp.where(act[:, None], out.astype(jnp.float32), s.logits)
+    logits = constrain(jnp.where(act[:, None], out.astype(jnp.float32), s.logits), _ROWS)
     stopped = jnp.any(tok[:, None] == stop_ids, axis=-1) | (n_new >= s.max_new)
     return DecodeState(cache, logits, act & ~stopped, n_new, s.max_new, tokens, logps, rng, s.rows)
 
@@ -131,13 +134,15 @@ Returns the final DecodeState (early exit as soon as no row is active, or ``min_
 """
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def repeat_rows(cache, logits: jax.Array, k: int):
-  """Broadcasts a group's prefilled prompt to its K rollout rows: row b -> rows b*K .. b*K+K-1.
+@functools.partial(jax.jit, static_argnames=("k", "n_rows"))
+def repeat_rows(cache, logits: jax.Array, k: int, n_rows: int | None = None):
+  """Broadcasts a group's prefilled prompt to its K rollout rows: row b -> rows b*K .. b*K+K-1, keeping the first
+  ``n_rows`` (None: all B*K; the engine pads the prompt batch to a multiple of the data-parallel size).
 
   Every cache array (per-layer k [B, Hkv, Dh, S] and v [B, Hkv, S, Dh], length [B]) has its batch axis first.
   """
-  return jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), (cache, logits))
+  cache, logits = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0)[:n_rows], (cache, logits))
+  return kv_cache.constrain_cache(cache), constrain(logits, _ROWS)
 
 
 def new_decode_state(cache, logits, active: np.ndarray, max_new: np.ndarray, width: int, rng,
@@ -172,4 +177,4 @@ def row_bucket(n: int, total: int, smallest: int) -> int:
 @functools.partial(jax.jit, donate_argnames=("logits",))
 def scatter_logits(logits: jax.Array, rows: jax.Array, values: jax.Array) -> jax.Array:
   """logits[rows] = values (rows >= B dropped): a compacted segment's last logits back into the full [B, V]."""
-  return logits.at[rows].set(values, mode="drop")
+  return constrain(logits.at[rows].set(values, mode="drop"), _ROWS)

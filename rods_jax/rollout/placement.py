@@ -1,0 +1,63 @@
+"""Where the rollout engine's rows live on the device mesh.
+
+The policy's parameters come sharded by the mesh. The engine's per-row arrays (KV cache, next-token logits, decode
+state) are spread over the data-parallel devices (data x fsdp), and the cache's kv heads over tensor, so every
+device prefills and decodes only its share of the B*K rows; left to XLA, the rows were replicated and every
+data-parallel device decoded all of them. Row counts of the jitted calls are rounded up to a multiple of the
+data-parallel size so the split is even. Without a mesh, or on one device, this is all a no-op.
+
+Single process only: the engine moves host arrays in and out with plain transfers and reads its outputs with
+``device_get``, which row-sharded arrays spanning several processes do not allow. In a multi-process run the rows
+stay where XLA puts them (as before this module existed), and ``of`` says so in the log.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from jax.sharding import Mesh
+
+from rods_jax.models.config import ModelConfig
+from rods_jax.models.kv_cache import KVCache, init_cache
+from rods_jax.sharding import batch_sharding
+
+
+class RowPlacement(NamedTuple):
+  """The mesh the engine's rows are spread over; None = one device (everything local)."""
+  mesh: Mesh | None
+
+  @classmethod
+  def of(cls, mesh: Mesh | None) -> "RowPlacement":
+    if mesh is None or mesh.size == 1:
+      return cls(None)
+    if jax.process_count() > 1:
+      logging.warning("rollout rows are not spread over the mesh in a multi-process run (rods_jax/rollout/"
+                      "placement.py): every data-parallel device decodes every row")
+      return cls(None)
+    return cls(mesh)
+
+  @property
+  def row_multiple(self) -> int:
+    """Data-parallel size: row counts that are multiples of it split evenly over the devices."""
+    return 1 if self.mesh is None else int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
+
+  def rows(self, n: int) -> int:
+    """n rounded up to a multiple of ``row_multiple``."""
+    m = self.row_multiple
+    return -(-int(n) // m) * m
+
+  def scope(self):
+    """Context for every engine call: ``jax.set_mesh`` (so the model's and sampler's sharding constraints apply)."""
+    return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
+  def new_cache(self, cfg: ModelConfig, batch: int, capacity: int) -> KVCache:
+    return init_cache(cfg, batch, capacity, mesh=self.mesh)
+
+  def zero_logits(self, batch: int, vocab: int) -> jax.Array:
+    """[batch, vocab] float32 zeros, rows sharded like the cache."""
+    if self.mesh is None or batch % self.row_multiple:
+      return jnp.zeros((batch, vocab), jnp.float32)
+    return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=batch_sharding(self.mesh))()
