@@ -2,9 +2,10 @@
 
 The test starts two copies of this file as workers (``python tests/test_multihost.py WORKER ...``) on a localhost
 coordinator. Both run a few sharded train steps of the real rods_jax Transformer on a (data=2, fsdp=2, tensor=2) mesh
-spanning the two processes, gather the parameters, and save an Orbax checkpoint from both processes. The test then
-runs the same steps in-process on its 8 simulated devices and checks losses and parameters agree, and that the
-multi-process checkpoint restores here onto a different mesh.
+spanning the two processes, gather the parameters, and save an Orbax checkpoint from both processes; then both run
+the multi-turn engine with its rows spread over that mesh. The test then runs the same steps and rollouts in-process
+on its 8 simulated devices and checks losses, parameters and trajectories agree, and that the multi-process
+checkpoint restores here onto a different mesh.
 """
 import os
 import socket
@@ -79,6 +80,32 @@ def _train(steps):
   return np.asarray(losses), params, opt_state
 
 
+def _rollout():
+  """Greedy engine rollouts (test_engine's scripted tasks, K = 4) with the rows spread over the (2, 2, 2) mesh."""
+  import jax
+  import ml_collections
+  from flax import nnx
+
+  import test_engine as te
+  from rods_jax import sharding
+  from rods_jax.models import Transformer, get_preset
+  from rods_jax.rollout.engine import MultiTurnEngine
+  from rods_jax.rollout.render import ChatRenderer
+  from rods_jax.rollout.sampling import SamplingParams
+
+  tok = te._bpe_tokenizer()
+  cfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
+                   mlp_dim=64, init_std=0.3)
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 2, "tensor": 2}))
+  graphdef, params = nnx.split(sharding.shard_model(Transformer(cfg, rngs=nnx.Rngs(1)), mesh))
+  rcfg = te._rollout_cfg(kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.3, compact_min_rows=1)
+  engine = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), rcfg, cfg, mesh=mesh)
+  assert engine.placement.row_multiple == 4
+  batch = engine.rollout(params, te.ScriptedEnv(), te.TASKS, 4, jax.random.key(0),
+                         sampling=SamplingParams(temperature=0.0))
+  return {"tokens": batch.tokens, "loss_mask": batch.loss_mask, "sampler_logps": batch.sampler_logps}
+
+
 def _flat(tree):
   import jax
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
@@ -103,6 +130,7 @@ def _worker(process_id, port, out_dir):
     manager.save(checkpoint.TrainState(_STEPS, params, opt_state, None, jax.random.key_data(jax.random.key(0))),
                  {"process_count": jax.process_count()})
   np.savez(os.path.join(out_dir, f"result_{process_id}.npz"), losses=losses, **_flat(gathered))
+  np.savez(os.path.join(out_dir, f"rollout_{process_id}.npz"), **_rollout())
 
 
 def _free_port():
@@ -144,6 +172,14 @@ def test_two_processes_match_one(tmp_path):
     for name, value in expected.items():
       np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
   assert losses[-1] < losses[0]  # it trained
+
+  # Both processes produced the rollouts this process produces on its 8 devices.
+  rollout = _rollout()
+  for i in range(2):
+    got = dict(np.load(tmp_path / f"rollout_{i}.npz"))
+    np.testing.assert_array_equal(got["tokens"], rollout["tokens"])
+    np.testing.assert_array_equal(got["loss_mask"], rollout["loss_mask"])
+    np.testing.assert_allclose(got["sampler_logps"], rollout["sampler_logps"], atol=1e-5)
 
   # The checkpoint written jointly by both processes restores here, replicated on one device.
   device = jax.devices()[0]

@@ -213,7 +213,8 @@ class MultiTurnEngine:
                              kv_len=kv_len)
       cache = state.cache
       logits = state.logits if sel is None else sampler.scatter_logits(logits, jnp.asarray(sel), state.logits)
-      out_tokens, out_logps, n_new, still = jax.device_get((state.tokens, state.logps, state.n_new, state.active))
+      out_tokens, out_logps, n_new, still = self.placement.fetch((state.tokens, state.logps, state.n_new,
+                                                                  state.active))
       if sel is not None:  # back to one entry per row (rows left out sampled nothing)
         out_tokens, out_logps, n_new, still = (_scatter_rows(x, sel, n_rows) for x in
                                                (out_tokens, out_logps, n_new, still))

@@ -6,9 +6,9 @@ device prefills and decodes only its share of the B*K rows; left to XLA, the row
 data-parallel device decoded all of them. Row counts of the jitted calls are rounded up to a multiple of the
 data-parallel size so the split is even. Without a mesh, or on one device, this is all a no-op.
 
-Single process only: the engine moves host arrays in and out with plain transfers and reads its outputs with
-``device_get``, which row-sharded arrays spanning several processes do not allow. In a multi-process run the rows
-stay where XLA puts them (as before this module existed), and ``of`` says so in the log.
+Multi-process runs (TPU pod slices, multi-node GPU) work the same way: every process runs the same host loop on
+the same tasks and key, so the host arrays it passes in are the same everywhere, and ``fetch`` all-gathers the
+row-sharded outputs before they are read on the host (tests/test_multihost.py: two processes == one).
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from absl import logging
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rods_jax.models.config import ModelConfig
 from rods_jax.models.kv_cache import KVCache, init_cache
@@ -31,13 +30,7 @@ class RowPlacement(NamedTuple):
 
   @classmethod
   def of(cls, mesh: Mesh | None) -> "RowPlacement":
-    if mesh is None or mesh.size == 1:
-      return cls(None)
-    if jax.process_count() > 1:
-      logging.warning("rollout rows are not spread over the mesh in a multi-process run (rods_jax/rollout/"
-                      "placement.py): every data-parallel device decodes every row")
-      return cls(None)
-    return cls(mesh)
+    return cls(mesh if mesh is not None and mesh.size > 1 else None)
 
   @property
   def row_multiple(self) -> int:
@@ -61,3 +54,10 @@ class RowPlacement(NamedTuple):
     if self.mesh is None or batch % self.row_multiple:
       return jnp.zeros((batch, vocab), jnp.float32)
     return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=batch_sharding(self.mesh))()
+
+  def fetch(self, tree):
+    """``jax.device_get(tree)``; arrays that span devices of other processes are all-gathered first (one jitted
+    copy to a replicated layout), since a process can only read the shards it holds."""
+    if self.mesh is None or all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
+      return jax.device_get(tree)
+    return jax.device_get(jax.jit(lambda t: t, out_shardings=NamedSharding(self.mesh, PartitionSpec()))(tree))
