@@ -392,6 +392,31 @@ def test_engine_spreads_rows_over_the_data_parallel_devices(tokenizer, tiny_mode
                                    np.full(n, 4, np.int32), 4, jax.random.key(1))
   assert spread < flops(params, local) / 4, (spread, flops(params, local))  # per-device work of one decode step
 
+
+def test_decode_loop_has_no_collectives_per_step_on_a_data_parallel_mesh(tiny_model):
+  """On an all-fsdp mesh the token loop is device-local: the cache and output writes are per-row (vmapped)
+  scatters, so XLA moves nothing between devices inside the loop body (explicit row indices made it all-gather
+  every k/v update at every step); only the loop condition's reductions remain."""
+  import re
+  from rods_jax import sharding
+  from rods_jax.rollout import sampler
+  from rods_jax.rollout.placement import RowPlacement
+  cfg, graphdef, params = tiny_model
+  mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 8, "tensor": 1}))
+  _, sharded = nnx.split(sharding.shard_model(nnx.merge(graphdef, jax.tree.map(jnp.copy, params)), mesh))
+  place, n = RowPlacement.of(mesh), 16
+  with place.scope():
+    state = sampler.new_decode_state(place.new_cache(cfg, n, 128), place.zero_logits(n, cfg.vocab_size),
+                                     np.ones(n, bool), np.full(n, 4, np.int32), 4, jax.random.key(1))
+    hlo = sampler.decode.lower(graphdef, sharded, state, jnp.full((n, 1), -1, jnp.int32), jnp.int32(0),
+                               sampling=SamplingParams(temperature=1.0), kv_len=128).compile().as_text()
+  bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", hlo))
+  assert bodies, "no while loop in the compiled decode"
+  computations = {c.split(" ", 1)[0].lstrip("%"): c for c in re.split(r"\n(?=%|ENTRY)", hlo)}
+  collective = re.compile(r"all-gather|all-to-all|collective-permute|reduce-scatter")
+  for name in bodies:
+    assert not collective.search(computations[name]), f"collectives in the decode loop body {name}"
+
 # ------------------------------------------------------------------------------------------------ toolworld + lab
 
 

@@ -127,10 +127,12 @@ class Attention(nnx.Module):
     """Writes this chunk's k/v at `slots` of this layer's cache (slot == capacity: dropped) and attends over the
     first kv_len slots. cache_k: [B, Hkv, Dh, S], cache_v: [B, Hkv, S, Dh] (this layer's; see kv_cache)."""
     q, k, v = self.qkv(x, positions)
-    rows = jnp.broadcast_to(jnp.arange(x.shape[0])[:, None], slots.shape)
-    # [B,T] row/slot index arrays around full slices: both updates are indexed [B, T, Hkv, Dh], like k and v
-    cache_k = cache_k.at[rows, :, :, slots].set(k.astype(cache_k.dtype), mode="drop")
-    cache_v = cache_v.at[rows, :, slots].set(v.astype(cache_v.dtype), mode="drop")
+    # One scatter per row, vmapped: the row is a scatter *batching* dimension, which the SPMD partitioner keeps
+    # local to the devices holding the row (explicit row indices made it all-gather every update, every step).
+    write_k = lambda c, u, sl: c.at[:, :, sl].set(jnp.moveaxis(u, 0, -1), mode="drop")  # c [Hkv,Dh,S], u [T,Hkv,Dh]
+    write_v = lambda c, u, sl: c.at[:, sl].set(jnp.moveaxis(u, 0, 1), mode="drop")  # c [Hkv,S,Dh]
+    cache_k = jax.vmap(write_k)(cache_k, k.astype(cache_k.dtype), slots)
+    cache_v = jax.vmap(write_v)(cache_v, v.astype(cache_v.dtype), slots)
     cache_k, cache_v = constrain(cache_k, CACHE_K_AXES), constrain(cache_v, CACHE_V_AXES)  # keep the donated layout
     full = kv_len == cache_v.shape[2]
     keys = (cache_k if full else cache_k[..., :kv_len]).astype(q.dtype)

@@ -107,8 +107,8 @@ def _decode_loop(graphdef, params, state: DecodeState, stop_ids: jax.Array, min_
     tok, lp = sample_tokens(s.logits, sub, sampling)
     act = s.active
     slot = jnp.where(act, s.n_new, width)  # out of range -> dropped for inactive rows
-    tokens = s.tokens.at[rows, slot].set(tok, mode="drop")
-    logps = s.logps.at[rows, slot].set(lp, mode="drop")
+    put = jax.vmap(lambda buf, i, x: buf.at[i].set(x, mode="drop"))  # per row: stays on the row's device
+    tokens, logps = put(s.tokens, slot, tok), put(s.logps, slot, lp)
     n_new = s.n_new + act.astype(jnp.int32)
     out, cache = model.extend(tok[:, None], act[:, None], s.cache, last_only=True)
     logits = constrain(jnp.where(act[:, None], out.astype(jnp.float32), s.logits), _ROWS)
