@@ -356,6 +356,7 @@ def test_engine_spreads_rows_over_the_data_parallel_devices(tokenizer, tiny_mode
   of the FLOPs with tensor = 2), and the trajectories equal the one-device engine's. 3 tasks x K = 4: the prompt
   batch (3 rows) is padded to the data-parallel size 4; early returns + compaction use row buckets of 4."""
   from rods_jax import sharding
+  from rods_jax.models import kv_cache
   from rods_jax.rollout import sampler
   from rods_jax.rollout.placement import RowPlacement
   cfg, graphdef, params = tiny_model
@@ -378,6 +379,9 @@ def test_engine_spreads_rows_over_the_data_parallel_devices(tokenizer, tiny_mode
   n = 12
   with place.scope():
     cache = place.new_cache(cfg, n, 128)
+    place.new_cache(cfg, n, 128)
+    builder = kv_cache._sharded_zeros(cfg, n, 128, jnp.dtype(cfg.dtype), mesh)
+    assert builder._cache_size() == 1  # the sharded builder is compiled once, not once per rollout
     assert cache.k[0].addressable_shards[0].data.shape[0] == n // 4
     state = sampler.new_decode_state(cache, place.zero_logits(n, cfg.vocab_size), np.ones(n, bool),
                                      np.full(n, 4, np.int32), 4, jax.random.key(1))

@@ -14,6 +14,7 @@ rows and slots one decode segment needs (the sampler decodes on it, then writes 
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -51,15 +52,22 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int, dtype: str | None = 
   if batch <= 0 or capacity <= 0:
     raise ValueError(f"init_cache: batch={batch} and capacity={capacity} must be positive")
   dt = jnp.dtype(cfg.dtype if dtype is None else dtype)
-
-  def build():
-    zeros = lambda shape: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layers))
-    return KVCache(zeros((batch, cfg.n_kv_heads, cfg.head_dim, capacity)),
-                   zeros((batch, cfg.n_kv_heads, capacity, cfg.head_dim)), jnp.zeros((batch,), jnp.int32))
-
   if mesh is None or mesh.size == 1:
-    return build()
-  return jax.jit(build, out_shardings=cache_shardings(cfg, batch, capacity, mesh))()
+    return _zeros(cfg, batch, capacity, dt)
+  return _sharded_zeros(cfg, batch, capacity, dt, mesh)()
+
+
+def _zeros(cfg: ModelConfig, batch: int, capacity: int, dt) -> KVCache:
+  zeros = lambda shape: tuple(jnp.zeros(shape, dt) for _ in range(cfg.n_layers))
+  return KVCache(zeros((batch, cfg.n_kv_heads, cfg.head_dim, capacity)),
+                 zeros((batch, cfg.n_kv_heads, capacity, cfg.head_dim)), jnp.zeros((batch,), jnp.int32))
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_zeros(cfg: ModelConfig, batch: int, capacity: int, dt, mesh: Mesh):
+  # one jitted builder per shape and mesh (a fresh jax.jit per call would compile again every rollout)
+  return jax.jit(functools.partial(_zeros, cfg, batch, capacity, dt),
+                 out_shardings=cache_shardings(cfg, batch, capacity, mesh))
 
 
 def cache_shardings(cfg: ModelConfig, batch: int, capacity: int, mesh: Mesh) -> KVCache:

@@ -13,6 +13,7 @@ row-sharded outputs before they are read on the host (tests/test_multihost.py: t
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import jax
@@ -53,11 +54,22 @@ class RowPlacement(NamedTuple):
     """[batch, vocab] float32 zeros, rows sharded like the cache."""
     if self.mesh is None or batch % self.row_multiple:
       return jnp.zeros((batch, vocab), jnp.float32)
-    return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=batch_sharding(self.mesh))()
+    return _sharded_zeros(self.mesh, batch, vocab)()
 
   def fetch(self, tree):
     """``jax.device_get(tree)``; arrays that span devices of other processes are all-gathered first (one jitted
     copy to a replicated layout), since a process can only read the shards it holds."""
     if self.mesh is None or all(x.is_fully_addressable for x in jax.tree.leaves(tree)):
       return jax.device_get(tree)
-    return jax.device_get(jax.jit(lambda t: t, out_shardings=NamedSharding(self.mesh, PartitionSpec()))(tree))
+    return jax.device_get(_replicate(self.mesh)(tree))
+
+
+# One jitted function per mesh (and shape): a fresh jax.jit per call would compile again on every call.
+@functools.lru_cache(maxsize=32)
+def _sharded_zeros(mesh: Mesh, batch: int, vocab: int):
+  return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=batch_sharding(mesh))
+
+
+@functools.lru_cache(maxsize=8)
+def _replicate(mesh: Mesh):
+  return jax.jit(lambda tree: tree, out_shardings=NamedSharding(mesh, PartitionSpec()))
