@@ -11,6 +11,9 @@ Per layer, one K array [B, Hkv, Dh, S] and one V array [B, Hkv, S, Dh] (a tuple 
 Row b holds `length[b]` valid slots; rows are extended independently (multi-turn: each row appends its own tool
 and user tokens), so there is no shared "current index". `take_rows` / `put_rows` cut a working cache of just the
 rows and slots one decode segment needs (the sampler decodes on it, then writes it back).
+
+On a mesh, rows are spread over the data-parallel axes and kv heads over tensor (``cache_shardings``; the
+``init_cache(mesh=...)`` cache is born that way and ``constrain_cache`` keeps row gathers and scatters on it).
 """
 from __future__ import annotations
 
