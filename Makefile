@@ -23,7 +23,7 @@ quickstart: $(STAMP)
 	$(VPY) -m launch.quickstart --workdir=runs/quickstart
 
 bench: $(STAMP)
-	$(VPY) -m launch.benchmark --suite=all --min_stopped_frac=1.0 --out=docs/benchmarks/cpu_lab.json
+	$(VPY) -m launch.benchmark --suite=all --min_stopped_frac=1.0 --cohorts=2 --out=docs/benchmarks/cpu_lab.json
 
 clean:
 	rm -rf $(VENV) runs

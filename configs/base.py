@@ -69,6 +69,10 @@ def get_config() -> ml_collections.ConfigDict:
   # decode / incremental prefill run only the rows that have work (finished or waiting rows are left out), padded to
   # a power of two >= this; 0 = always run all B*K rows. Late in a rollout most rows are done: this is where it pays.
   c.rollout.compact_min_rows = 8
+  # the B tasks run as this many cohorts in host threads (each its own KV cache and decode/prefill calls), so one
+  # cohort's host work (tool calls, rendering) overlaps the others' device work; results equal running the cohorts
+  # one after another with keys fold_in(key, c). One device only: concurrent programs with collectives can deadlock.
+  c.rollout.cohorts = 1
   # CPU runs: keep freed host memory mapped for reuse (glibc mallopt, applied before the backend starts), so decode
   # calls and train steps do not page-fault their temporaries in anew (rods_jax/host_memory.py). The paper scale
   # (accelerators) turns it off; so does a jax_platforms that does not start with cpu.

@@ -68,6 +68,9 @@ flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
 flags.DEFINE_float("min_stopped_frac", 0.0, "If in (0, 1] and not the config's value: also time the engine with "
                    "config.rollout.min_stopped_frac set to this (decode returns to the host once this fraction of "
                    "rows stopped), as 'engine_min_stopped'.")
+flags.DEFINE_integer("cohorts", 0, "If > 1 and not the config's value: also time the engine and the re-prefill "
+                     "baseline with config.rollout.cohorts set to this (concurrent cohorts in host threads), as "
+                     "'engine_cohorts' and 'reprefill_cohorts'.")
 
 
 def machine_info() -> dict[str, Any]:
@@ -137,7 +140,8 @@ def _summary(batch, wall: float) -> dict[str, float]:
 
 def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, warmup: int, preset: str,
                       tokenizer_dir: str, checkpoint_dir: str, temperature: float, seed: int,
-                      sft_steps: int = 0, sft_batch: int = 16, min_stopped_frac: float = 0.0) -> dict[str, Any]:
+                      sft_steps: int = 0, sft_batch: int = 16, min_stopped_frac: float = 0.0,
+                      cohorts: int = 0) -> dict[str, Any]:
   """Engine vs re-prefill baseline on B=tasks x K rows of ``turns``-turn toolworld seed tasks (module docstring)."""
   from rods_jax.rollout.engine import MultiTurnEngine
   from rods_jax.rollout.render import ChatRenderer
@@ -169,6 +173,11 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
     other = config.rollout.copy_and_resolve_references()
     other.min_stopped_frac = min_stopped_frac
     engines["engine_min_stopped"] = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), other, model_cfg)
+  if cohorts > 1 and cohorts != int(config.rollout.cohorts):  # both variants in concurrent cohorts: a fair pair
+    threaded = config.rollout.copy_and_resolve_references()
+    threaded.cohorts = cohorts
+    engines["engine_cohorts"] = MultiTurnEngine(graphdef, tok, ChatRenderer(tok), threaded, model_cfg)
+    engines["reprefill_cohorts"] = engines["engine_cohorts"]
   sampling = SamplingParams(temperature=temperature, top_p=float(config.rollout.top_p),
                             top_k=int(config.rollout.top_k))
   rng = jax.random.key(seed)
@@ -213,6 +222,8 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
       **({"engine_min_stopped_speedup": med["engine_min_stopped"]["sampled_tokens_per_s"] /
           med["reprefill"]["sampled_tokens_per_s"], "engine_min_stopped_frac": min_stopped_frac}
          if "engine_min_stopped" in med else {}),
+      **({"engine_cohorts_speedup": med["engine_cohorts"]["sampled_tokens_per_s"] /
+          med["reprefill_cohorts"]["sampled_tokens_per_s"], "cohorts": cohorts} if "engine_cohorts" in med else {}),
       "setup": {"tasks": tasks, "k": k, "rows": tasks * k, "turns": turns, "preset": preset,
                 "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))), "vocab": model_cfg.vocab_size,
                 "temperature": temperature, "checkpoint": checkpoint_dir, "policy": policy_info,
@@ -220,7 +231,8 @@ def rollout_benchmark(config, *, tasks: int, k: int, turns: int, repeats: int, w
                 "max_trajectory_tokens": int(config.rollout.max_trajectory_tokens),
                 "kv_bucket": int(config.rollout.kv_bucket), "prefill_bucket": int(config.rollout.prefill_bucket),
                 "compact_min_rows": int(config.rollout.compact_min_rows),
-                "min_stopped_frac": float(config.rollout.min_stopped_frac)},
+                "min_stopped_frac": float(config.rollout.min_stopped_frac),
+                "cohorts": int(config.rollout.cohorts)},
   }
 
 
@@ -243,7 +255,7 @@ def run_suite(suite: str, config, vocab: int) -> dict[str, Any]:
         config, tasks=FLAGS.tasks, k=FLAGS.k, turns=FLAGS.turns, repeats=FLAGS.repeats, warmup=FLAGS.warmup,
         preset=FLAGS.preset, tokenizer_dir=FLAGS.tokenizer_dir, checkpoint_dir=FLAGS.checkpoint_dir,
         temperature=FLAGS.temperature, seed=FLAGS.seed, sft_steps=FLAGS.sft_steps, sft_batch=FLAGS.sft_batch,
-        min_stopped_frac=FLAGS.min_stopped_frac)
+        min_stopped_frac=FLAGS.min_stopped_frac, cohorts=FLAGS.cohorts)
   if suite == "train":
     return train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch, seq=FLAGS.train_seq,
                        repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)

@@ -220,6 +220,11 @@ def _check_consistency(c, num_devices: int | None) -> None:
   if c.rollout.cache_capacity < c.rollout.max_trajectory_tokens:
     _fail("rollout.cache_capacity", c.rollout.cache_capacity,
           f"must be >= config.rollout.max_trajectory_tokens={c.rollout.max_trajectory_tokens}")
+  if c.rollout.cohorts < 1:
+    _fail("rollout.cohorts", c.rollout.cohorts, "must be >= 1")
+  if c.rollout.cohorts > 1 and num_devices is not None and num_devices > 1:
+    _fail("rollout.cohorts", c.rollout.cohorts, f"> 1 needs one device, not {num_devices}: concurrent programs "
+          "with collectives can deadlock (spread rows over the mesh instead)")
   if c.rollout.max_tokens_per_message > c.rollout.max_trajectory_tokens:
     _fail("rollout.max_tokens_per_message", c.rollout.max_tokens_per_message,
           f"exceeds config.rollout.max_trajectory_tokens={c.rollout.max_trajectory_tokens}")

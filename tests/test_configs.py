@@ -153,6 +153,8 @@ BAD = [
     (_set("optim.lr", 0.0), 1, r"config\.optim\.lr=0\.0 must be > 0"),
     (_set("rods.retire_high", 0.8), 1, r"config\.rods\.retire_high=0\.8 must be >= config\.rods\.alpha_high"),
     (_set("train.total_trajectories", 10), 1, r"config\.train\.total_trajectories=10 is less than one step"),
+    (_set("rollout.cohorts", 0), 1, r"config\.rollout\.cohorts=0 must be >= 1"),
+    (_set("rollout.cohorts", 2), 8, r"config\.rollout\.cohorts=2 > 1 needs one device, not 8"),
 ]
 
 

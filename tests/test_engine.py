@@ -200,7 +200,7 @@ class ScriptedEnv:
 def _rollout_cfg(**kw):
   c = ml_collections.ConfigDict(dict(
       temperature=1.0, top_p=1.0, top_k=0, max_steps_per_turn=2, max_tokens_per_message=6, min_stopped_frac=1.0,
-      compact_min_rows=0,
+      compact_min_rows=0, cohorts=1,
       max_trajectory_tokens=384, cache_capacity=384, kv_bucket=384, prefill_bucket=128,
       stop_strings=("<|im_end|>",)))  # one kv bucket, few prefill widths: few compilations (bucketing: test_sampler)
   c.update(kw)
@@ -395,6 +395,34 @@ def test_engine_spreads_rows_over_the_data_parallel_devices(tokenizer, tiny_mode
   local = sampler.new_decode_state(one.new_cache(cfg, n, 128), one.zero_logits(n, cfg.vocab_size), np.ones(n, bool),
                                    np.full(n, 4, np.int32), 4, jax.random.key(1))
   assert spread < flops(params, local) / 4, (spread, flops(params, local))  # per-device work of one decode step
+
+
+def test_cohorts_in_threads_equal_the_cohorts_run_one_after_another(tokenizer, tiny_model):
+  """rollout.cohorts = 2: tasks [t0, t1] and [t2] run concurrently in two host threads; sampled trajectories equal
+  two sequential rollouts with keys fold_in(key, 0) and fold_in(key, 1), whatever the threads' interleaving."""
+  from rods_jax.rollout.engine import cohort_spans
+  cfg, graphdef, params = tiny_model
+  assert cohort_spans(3, 2) == [(0, 1), (1, 3)] and cohort_spans(2, 4) == [(0, 1), (1, 2)]
+  assert cohort_spans(5, 1) == [(0, 5)]
+  rcfg = _rollout_cfg(temperature=0.9, kv_bucket=128, prefill_bucket=32, min_stopped_frac=0.5, compact_min_rows=1)
+  rcfg.cohorts = 2
+  key = jax.random.key(5)
+  threaded = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg)
+  rcfg.cohorts = 1
+  one = MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg)
+  got = threaded.rollout(params, ScriptedEnv(), TASKS, 2, key)
+  parts = [one.rollout(params, ScriptedEnv(), TASKS[a:b], 2, jax.random.fold_in(key, c))
+           for c, (a, b) in enumerate(cohort_spans(len(TASKS), 2))]
+  for name in ("tokens", "loss_mask", "sampler_logps", "rewards", "lengths", "task_ids"):
+    np.testing.assert_array_equal(getattr(got, name), np.concatenate([getattr(p, name) for p in parts]), name)
+  assert got.messages == parts[0].messages + parts[1].messages
+  assert got.stats["sampled_tokens"] == sum(p.stats["sampled_tokens"] for p in parts)
+  assert got.stats["prefill_rows_first"] == len(TASKS)
+  with pytest.raises(ValueError, match="cohorts=2 > 1 needs one device"):
+    from rods_jax import sharding
+    rcfg.cohorts = 2
+    MultiTurnEngine(graphdef, tokenizer, ChatRenderer(tokenizer), rcfg, cfg,
+                    mesh=sharding.make_mesh(ml_collections.ConfigDict({"data": 1, "fsdp": 8, "tensor": 1})))
 
 
 def test_decode_loop_has_no_collectives_per_step_on_a_data_parallel_mesh(tiny_model):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,7 @@ from rods_jax import console
 from rods_jax import metrics as metrics_lib
 from rods_jax.rods import detector
 from rods_jax.rods.buffer import Sample
+from rods_jax.rollout.types import select_groups
 # Building the parts and checkpointing them live in rods.parts; re-exported because loop.build / loop.train and
 # the directory names are the documented API (docs/ARCHITECTURE.md).
 from rods_jax.rods.parts import (CHECKPOINT_DIR, EVAL_DIR, WARMUP_DIR, LoopState, Parts, build, build_model,
@@ -41,24 +42,6 @@ __all__ = ["CHECKPOINT_DIR", "EVAL_DIR", "WARMUP_DIR", "LoopState", "Parts", "bu
 
 
 # ------------------------------------------------------------------------------------------------ rollouts
-def select_groups(batches: Sequence[Any], picks: Sequence[tuple[int, int]], k: int):
-  """A RolloutBatch made of groups ``(batch index, task index)`` of several RolloutBatches (row n = b·K + k)."""
-  first = batches[0]
-  rows = [(bi, b * k + j) for bi, b in picks for j in range(k)]
-  fields = {}
-  for name in first._fields:
-    v0 = getattr(first, name)
-    if name in ("timings", "stats"):
-      fields[name] = {key: sum(getattr(b, name).get(key, 0) for b in batches) for key in v0}
-    elif name == "messages":
-      fields[name] = tuple(batches[bi].messages[n] for bi, n in rows)
-    elif name in ("rewards", "success", "task_ids", "categories"):
-      fields[name] = np.stack([np.asarray(getattr(batches[bi], name))[b] for bi, b in picks])
-    else:
-      fields[name] = np.stack([np.asarray(getattr(batches[bi], name))[n] for bi, n in rows])
-  return type(first)(**fields)
-
-
 def _numpy_stats(rewards: np.ndarray, rods_cfg, tol: float):
   return jax.device_get(detector.group_statistics(jnp.asarray(rewards), float(rods_cfg.alpha_low),
                                                   float(rods_cfg.alpha_high), float(tol)))

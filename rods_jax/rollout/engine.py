@@ -13,6 +13,7 @@ whole conversation is prefilled again from an empty cache. It exists for ``launc
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ from rods_jax.rollout import sampler
 from rods_jax.rollout.placement import RowPlacement
 from rods_jax.rollout.render import ChatRenderer, ChatState
 from rods_jax.rollout.sampling import SamplingParams
+from rods_jax.rollout import types
 from rods_jax.rollout.types import RolloutBatch
 
 
@@ -40,6 +42,7 @@ class EngineLimits:
   stop_strings: tuple[str, ...]
   min_stopped_frac: float
   compact_min_rows: int
+  cohorts: int
 
   @classmethod
   def from_config(cls, rollout_cfg) -> "EngineLimits":
@@ -49,9 +52,12 @@ class EngineLimits:
         max_trajectory_tokens=int(rollout_cfg.max_trajectory_tokens),
         cache_capacity=int(rollout_cfg.cache_capacity), kv_bucket=int(rollout_cfg.kv_bucket),
         prefill_bucket=int(rollout_cfg.prefill_bucket), stop_strings=tuple(rollout_cfg.stop_strings),
-        min_stopped_frac=float(rollout_cfg.min_stopped_frac), compact_min_rows=int(rollout_cfg.compact_min_rows))
+        min_stopped_frac=float(rollout_cfg.min_stopped_frac), compact_min_rows=int(rollout_cfg.compact_min_rows),
+        cohorts=int(rollout_cfg.cohorts))
     if not 0.0 < lim.min_stopped_frac <= 1.0:
       raise ValueError(f"config.rollout.min_stopped_frac={lim.min_stopped_frac} must be in (0, 1]")
+    if lim.cohorts < 1:
+      raise ValueError(f"config.rollout.cohorts={lim.cohorts} must be >= 1")
     if lim.compact_min_rows < 0:
       raise ValueError(f"config.rollout.compact_min_rows={lim.compact_min_rows} must be >= 0 (0 = never compact)")
     for name in ("max_steps_per_turn", "max_tokens_per_message", "max_trajectory_tokens", "kv_bucket",
@@ -123,6 +129,9 @@ class MultiTurnEngine:
     self.limits = EngineLimits.from_config(rollout_cfg)
     self.sampling = SamplingParams.from_config(rollout_cfg)
     self.stop_ids = stop_token_ids(tokenizer, self.limits.stop_strings)
+    if self.limits.cohorts > 1 and self.placement.mesh is not None:
+      raise ValueError(f"config.rollout.cohorts={self.limits.cohorts} > 1 needs one device: concurrent programs with "
+                       "collectives can deadlock (the rows are spread over the mesh instead)")
     renderer.check_prefix_property()
 
   def rollout(self, params, env, tasks: Sequence[Any], k: int, rng: jax.Array, *, reprefill: bool = False,
@@ -140,8 +149,19 @@ class MultiTurnEngine:
     """
     if k <= 0 or not tasks:
       raise ValueError(f"rollout needs k >= 1 and at least one task, got k={k}, {len(tasks)} tasks")
-    with self.placement.scope():
-      return self._rollout(params, env, tasks, k, rng, reprefill, sampling)
+    spans = cohort_spans(len(tasks), self.limits.cohorts)
+    if len(spans) == 1:
+      with self.placement.scope():
+        return self._rollout(params, env, tasks, k, rng, reprefill, sampling)
+    # Cohorts in host threads: JAX releases the GIL while a computation runs, so one cohort's tool calls and
+    # rendering overlap the others' prefill and decode. Each cohort's result depends only on its key.
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(len(spans), thread_name_prefix="rollout_cohort") as pool:
+      futures = [pool.submit(self._rollout, params, env, tasks[a:b], k, jax.random.fold_in(rng, c), reprefill,
+                             sampling) for c, (a, b) in enumerate(spans)]
+      batch = types.concat([f.result() for f in futures], k)
+    batch.timings["total"] = time.perf_counter() - t0  # phases stay summed over cohorts (busy time)
+    return batch
 
   def _rollout(self, params, env, tasks, k, rng, reprefill, sampling) -> RolloutBatch:
     lim = self.limits
@@ -373,6 +393,13 @@ class MultiTurnEngine:
         turns_closed=np.array([x.turns_closed for x in results], np.int32),
         truncated=np.array([r.truncated for r in rows], bool), lengths=lengths, timings=times, stats=stats,
         messages=tuple(r.chat.messages for r in rows))
+
+
+def cohort_spans(n_tasks: int, cohorts: int) -> list[tuple[int, int]]:
+  """[start, end) task ranges of min(cohorts, n_tasks) contiguous cohorts whose sizes differ by at most one."""
+  c = min(cohorts, n_tasks)
+  bounds = [n_tasks * i // c for i in range(c + 1)]
+  return list(zip(bounds[:-1], bounds[1:]))
 
 
 def split_by_length(lengths: Sequence[int], n_rows: int, width_bucket: int, smallest: int,

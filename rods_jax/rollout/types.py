@@ -1,7 +1,7 @@
 """The rollout engine's output: numpy trajectories ready for the learner (token-in / token-out)."""
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ class RolloutBatch(NamedTuple):
     turns_closed: [N] int32, user turns closed (by an answer or the step limit).
     truncated: [N] bool, the row ran out of its token budget (its unfinished turns count 0).
     lengths: [N] int32.
-    timings: wall seconds per phase: "prefill", "decode", "tools" (host: environment + rendering), "total".
+    timings: wall seconds per phase: "prefill", "decode", "tools" (host: environment + rendering), "total". With
+      rollout.cohorts > 1 the phases are summed over the concurrent cohorts (busy time; they may exceed "total").
     stats: counters: "prefill_calls", "prefill_rows" (rows that carried tokens), "decode_calls", "decode_steps",
       "sampled_tokens", "prefill_tokens".
     messages: per row, the conversation as chat messages (assistant contents are the decoded sampled text). A row
@@ -53,3 +54,27 @@ class RolloutBatch(NamedTuple):
   @property
   def num_rows(self) -> int:
     return int(self.tokens.shape[0])
+
+
+def select_groups(batches: Sequence[RolloutBatch], picks: Sequence[tuple[int, int]], k: int) -> RolloutBatch:
+  """A RolloutBatch made of groups ``(batch index, task index)`` of several RolloutBatches (row n = b·K + k), in
+  ``picks`` order; timings and stats are summed over all ``batches``."""
+  first = batches[0]
+  rows = [(bi, b * k + j) for bi, b in picks for j in range(k)]
+  fields = {}
+  for name in first._fields:
+    v0 = getattr(first, name)
+    if name in ("timings", "stats"):
+      fields[name] = {key: sum(getattr(b, name).get(key, 0) for b in batches) for key in v0}
+    elif name == "messages":
+      fields[name] = tuple(batches[bi].messages[n] for bi, n in rows)
+    elif name in ("rewards", "success", "task_ids", "categories"):
+      fields[name] = np.stack([np.asarray(getattr(batches[bi], name))[b] for bi, b in picks])
+    else:
+      fields[name] = np.stack([np.asarray(getattr(batches[bi], name))[n] for bi, n in rows])
+  return type(first)(**fields)
+
+
+def concat(batches: Sequence[RolloutBatch], k: int) -> RolloutBatch:
+  """The batches' groups one after another (each batch holds K rows per task)."""
+  return select_groups(batches, [(bi, b) for bi, x in enumerate(batches) for b in range(len(x.task_ids))], k)
