@@ -7,6 +7,8 @@ One round of the loop:
   3. append all deltas with ONE batched incremental prefill (``model.extend`` with a per-row valid prefix).
 The history is never re-prefilled; rows that are waiting or done are masked. A group's prompt is prefilled once and its
 cache rows broadcast to the K rollouts.
+On a mesh the rows are spread over the data-parallel devices (``placement``); on one device the tasks may run as
+concurrent cohorts in host threads (``rollout.cohorts``), so that host work overlaps device work.
 
 ``reprefill=True`` is the baseline that peers use (Tunix): the same sampler, but before every assistant step each row's
 whole conversation is prefilled again from an empty cache. It exists for ``launch/benchmark.py`` and for tests.
@@ -22,11 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rods_jax.rollout import sampler
+from rods_jax.rollout import sampler, types
 from rods_jax.rollout.placement import RowPlacement
 from rods_jax.rollout.render import ChatRenderer, ChatState
 from rods_jax.rollout.sampling import SamplingParams
-from rods_jax.rollout import types
 from rods_jax.rollout.types import RolloutBatch
 
 
