@@ -138,10 +138,3 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   """Sharding of a [B, ...] array with `ndim` dims: batch over (data, fsdp), the rest replicated."""
   return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
 
-
-def kv_cache_sharding(k_shape: Sequence[int], mesh: Mesh):
-  """(k/v sharding, length sharding) for a KVCache whose per-layer arrays are [B, Hkv, ·, ·] (k [B, Hkv, Dh, S],
-  v [B, Hkv, S, Dh]; pass either shape): rows over (data, fsdp), kv heads over tensor (replicated where they do not
-  divide); the last two axes are never sharded, so one sharding serves both."""
-  spec = logical_to_spec(("act_batch", "act_kv_heads", "act_kv_seq", None), k_shape, mesh)
-  return NamedSharding(mesh, spec), NamedSharding(mesh, PartitionSpec(spec[0]))

@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from rods_jax.models import KVCache, Transformer, create_model, extend_fn, forward_fn, get_preset, init_cache
-from rods_jax.sharding import batch_sharding, constrain, kv_cache_sharding, make_mesh, shard_model
+from rods_jax.models import Transformer, create_model, extend_fn, forward_fn, get_preset, init_cache
+from rods_jax.models.kv_cache import cache_shardings
+from rods_jax.sharding import batch_sharding, constrain, make_mesh, shard_model
 
 V = 64
 
@@ -112,11 +113,7 @@ def test_sharded_kv_cache_decode_equals_single_device(tmp_path):
   fn = jax.jit(extend_fn, static_argnums=(0, 5, 6), donate_argnums=(4,))
 
   def run(p, sharded):
-    cache = init_cache(cfg, 4, 16)
-    if sharded:
-      kv_sh, len_sh = kv_cache_sharding(cache.k[0].shape, mesh)
-      cache = KVCache(jax.device_put(cache.k, kv_sh), jax.device_put(cache.v, kv_sh),
-                      jax.device_put(cache.length, len_sh))
+    cache = init_cache(cfg, 4, 16, mesh=mesh if sharded else None)  # born sharded: rows and kv heads split
     outs = []
     for lo, hi in ((0, 4), (4, 5), (5, 9)):
       lg, cache = fn(graphdef, p, jnp.asarray(tokens[:, lo:hi]), jnp.asarray(mask[:, lo:hi]), cache, 16, False)
@@ -126,10 +123,10 @@ def test_sharded_kv_cache_decode_equals_single_device(tmp_path):
   ref, _ = run(ref_params, False)
   with jax.set_mesh(mesh):
     got, cache = run(params, True)
-  kv_sh, _ = kv_cache_sharding(cache.k[0].shape, mesh)
-  assert kv_sh.spec == P(("data", "fsdp"), "tensor", None, None)
-  for a in cache.k + cache.v:
-    assert a.sharding.is_equivalent_to(kv_sh, a.ndim)  # the donated layout is kept
+  want = cache_shardings(cfg, 4, 16, mesh)
+  assert want.k[0].spec == P(("data", "fsdp"), "tensor", None, None)
+  for a, sh in zip(cache.k + cache.v, want.k + want.v):
+    assert a.sharding.is_equivalent_to(sh, a.ndim)  # the donated layout is kept
   for a, b in zip(got, ref):
     np.testing.assert_allclose(a, b, atol=1e-5)
 

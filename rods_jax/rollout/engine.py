@@ -198,7 +198,7 @@ class MultiTurnEngine:
       cache = place.new_cache(self.model_cfg, n_prompt, lim.cache_capacity)
       cache, logits = self._prefill(params, cache, place.zero_logits(n_prompt, vocab),
                                     prompts + [[]] * (n_prompt - len(tasks)), stats)
-      cache, logits = sampler.repeat_rows(cache, logits, k, n_rows if n_prompt > len(tasks) else None)
+      cache, logits = sampler.repeat_rows(cache, logits, k, n_rows)
     for r in rows:
       r.cached = len(r.tokens)
     jax.block_until_ready(logits)

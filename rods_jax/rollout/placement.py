@@ -22,7 +22,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rods_jax.models.config import ModelConfig
 from rods_jax.models.kv_cache import KVCache, init_cache
-from rods_jax.sharding import batch_sharding
+from rods_jax.rollout import sampler
+from rods_jax.sharding import logical_to_spec
 
 
 class RowPlacement(NamedTuple):
@@ -39,9 +40,8 @@ class RowPlacement(NamedTuple):
     return 1 if self.mesh is None else int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
 
   def rows(self, n: int) -> int:
-    """n rounded up to a multiple of ``row_multiple``."""
-    m = self.row_multiple
-    return -(-int(n) // m) * m
+    """n (>= 1) rounded up to a multiple of ``row_multiple``."""
+    return sampler.round_up(n, self.row_multiple)
 
   def scope(self):
     """Context for every engine call: ``jax.set_mesh`` (so the model's and sampler's sharding constraints apply)."""
@@ -51,10 +51,10 @@ class RowPlacement(NamedTuple):
     return init_cache(cfg, batch, capacity, mesh=self.mesh)
 
   def zero_logits(self, batch: int, vocab: int) -> jax.Array:
-    """[batch, vocab] float32 zeros, rows sharded like the cache."""
-    if self.mesh is None or batch % self.row_multiple:
+    """[batch, vocab] float32 zeros, rows split like the cache's (replicated where they do not divide)."""
+    if self.mesh is None:
       return jnp.zeros((batch, vocab), jnp.float32)
-    return _sharded_zeros(self.mesh, batch, vocab)()
+    return _zero_logits_fn(self.mesh, batch, vocab)()
 
   def fetch(self, tree):
     """``jax.device_get(tree)``; arrays that span devices of other processes are all-gathered first (one jitted
@@ -66,8 +66,9 @@ class RowPlacement(NamedTuple):
 
 # One jitted function per mesh (and shape): a fresh jax.jit per call would compile again on every call.
 @functools.lru_cache(maxsize=32)
-def _sharded_zeros(mesh: Mesh, batch: int, vocab: int):
-  return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=batch_sharding(mesh))
+def _zero_logits_fn(mesh: Mesh, batch: int, vocab: int):
+  spec = logical_to_spec(("act_batch", None), (batch, vocab), mesh)
+  return jax.jit(lambda: jnp.zeros((batch, vocab), jnp.float32), out_shardings=NamedSharding(mesh, spec))
 
 
 @functools.lru_cache(maxsize=8)
