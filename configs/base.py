@@ -96,6 +96,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
   c.grpo.logit_chunk = 0  # >0: LM head + log-softmax this many positions at a time, rematerialised (big vocabularies)
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
+  # bucketed: rows sorted by length into micro-batches cut to multiples of bucket_tokens (the update costs the real
+  # tokens; rods_jax/rl/buckets.py); padded: every row at max_trajectory_tokens (the original layout, same objective)
+  c.grpo.layout = "bucketed"
+  c.grpo.bucket_tokens = 64
 
   # --- optimizer ---
   c.optim = ml_collections.ConfigDict()
@@ -179,6 +183,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every_trajectories = 6_400
   c.train.eval_k = 1  # greedy held-out evaluation
   c.train.eval_max_tasks = 400
+  # roll out step t+1 (with the policy before update t, one update stale) while update t runs; the loss then uses
+  # the sampler's log-probs as the behaviour policy (PPO ratio and clip act on the staleness)
+  c.train.overlap = False
 
   # --- checkpoints and logging ---
   c.checkpoint = ml_collections.ConfigDict()

@@ -83,6 +83,7 @@ def _check_names(c) -> None:
   _one_of("grpo.loss", c.grpo.loss, losses.LOSSES)
   _one_of("grpo.aggregation", c.grpo.aggregation, losses.AGGREGATIONS)
   _one_of("grpo.kl_estimator", c.grpo.kl_estimator, losses.KL_ESTIMATORS)
+  _one_of("grpo.layout", c.grpo.layout, ("bucketed", "padded"))
   _one_of("rods.seed_selection", c.rods.seed_selection, selector.SELECTIONS)
   _one_of("synthesis.backend", c.synthesis.backend, SYNTHESIS_BACKENDS)
 
@@ -115,6 +116,7 @@ def _check_ranges(c) -> None:
   _at_least("grpo.zero_std_tol", g.zero_std_tol, 0.0)
   _at_least("grpo.micro_batch", g.micro_batch, 1)
   _at_least("grpo.updates_per_batch", g.updates_per_batch, 1)
+  _at_least("grpo.bucket_tokens", g.bucket_tokens, 1)
   for prefix, lr in (("optim.lr", o.lr), ("sft.lr", c.sft.lr)):
     if lr <= 0:
       _fail(prefix, lr, "must be > 0")
@@ -198,7 +200,7 @@ def _check_consistency(c, num_devices: int | None) -> None:
   if rows % dp:
     _fail("rollout.tasks_per_step", c.rollout.tasks_per_step,
           f"x config.rollout.k={c.rollout.k} = {rows} rows is not divisible by data x fsdp = {dp}")
-  # The learner's layout (rods_jax.rl.learner.plan_layout): U updates of N/U rows, each in micro-batches of
+  # The learner's layout (rods_jax.rl.grpo_step.plan_layout): U updates of N/U rows, each in micro-batches of
   # min(micro_batch, N/U) rows, every micro-batch split over the data-parallel devices.
   if rows % c.grpo.updates_per_batch:
     _fail("grpo.updates_per_batch", c.grpo.updates_per_batch, f"does not divide the {rows} rows of a step "
@@ -225,6 +227,9 @@ def _check_consistency(c, num_devices: int | None) -> None:
   if c.rollout.cohorts > 1 and num_devices is not None and num_devices > 1:
     _fail("rollout.cohorts", c.rollout.cohorts, f"> 1 needs one device, not {num_devices}: concurrent programs "
           "with collectives can deadlock (spread rows over the mesh instead)")
+  if c.train.overlap and num_devices is not None and num_devices > 1:
+    _fail("train.overlap", c.train.overlap, f"needs one device, not {num_devices}: the rollout and the update would "
+          "run as concurrent programs with collectives, which can deadlock")
   if c.rollout.max_tokens_per_message > c.rollout.max_trajectory_tokens:
     _fail("rollout.max_tokens_per_message", c.rollout.max_tokens_per_message,
           f"exceeds config.rollout.max_trajectory_tokens={c.rollout.max_trajectory_tokens}")

@@ -10,6 +10,7 @@ from flax import nnx
 from configs import base
 from rods_jax import sharding
 from rods_jax.models import Transformer, forward_fn, get_preset
+from rods_jax.rl import grpo_step
 from rods_jax.rl import learner as learner_lib
 from rods_jax.rl import losses
 
@@ -36,7 +37,7 @@ def make_config(**grpo):
   return c
 
 
-def random_batch(seed: int) -> learner_lib.TrainBatch:
+def random_batch(seed: int) -> grpo_step.TrainBatch:
   rng = np.random.default_rng(seed)
   n = B * K
   lengths = rng.integers(6, T + 1, n)
@@ -47,7 +48,7 @@ def random_batch(seed: int) -> learner_lib.TrainBatch:
   rewards[1] = 1.0  # a zero-variance group
   rewards[2, :2] = [0.0, 1.0]
   sampler = np.where(loss_mask, -rng.uniform(0.5, 4.0, (n, T)), 0.0).astype(np.float32)
-  return learner_lib.TrainBatch(tokens, loss_mask, valid, sampler, rewards)
+  return grpo_step.TrainBatch(tokens, loss_mask, valid, sampler, rewards)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -83,15 +84,15 @@ def test_accumulated_step_equals_full_batch_reference():
   batch = random_batch(0)
 
   # 1. gradient: 4 accumulated micro-batches == the full-batch reference gradient
-  step_cfg = learner_lib.make_step_config(c.optim, c.grpo, c.rods)
+  step_cfg = grpo_step.make_step_config(c.optim, c.grpo, c.rods)
   cfg = step_cfg.grpo_cfg()
 
   @jax.jit
   def accumulated(params, ref_params, batch):
-    prep = learner_lib.prepare(batch, cfg, 0.2, 0.85)
+    prep = grpo_step.prepare(batch, cfg, 0.2, 0.85)
     rows = {k: v[0] for k, v in prep.rows.items()}  # update 0 of 1
-    rows["ref"] = learner_lib.forward_logps(graphdef, ref_params, rows, 1.0)
-    return learner_lib.accumulate_gradients(graphdef, params, rows, cfg)
+    rows["ref"] = grpo_step.forward_logps(graphdef, ref_params, rows, 1.0)
+    return grpo_step.accumulate_gradients(graphdef, params, rows, cfg)
 
   grads, out = accumulated(params, ref_params, jax.tree.map(jnp.asarray, batch))
   ref_fn = jax.jit(jax.value_and_grad(lambda p, r, bt: reference_loss(p, graphdef, r, bt, c.grpo), has_aux=True))
@@ -172,7 +173,7 @@ def test_bad_configs_and_batches_fail_naming_the_field():
   with pytest.raises(ValueError, match="config.grpo.advantage='nope'"):
     learner_lib.GRPOLearner(make_model(0), c.optim, make_config(advantage="nope").grpo, c.rods)
   with pytest.raises(ValueError, match="config.grpo.updates_per_batch=3"):
-    learner_lib.plan_layout(16, 4, 3)
+    grpo_step.plan_layout(16, 4, 3)
   bad = random_batch(0)
   with pytest.raises(ValueError, match="batch.rewards"):
     learner.step(bad._replace(rewards=bad.rewards[:3]))
@@ -222,7 +223,7 @@ def test_reward_rises_on_a_trivially_learnable_task():
     rewards = (tokens[:, 1:] == TARGET).mean(1).reshape(n_tasks, k).astype(np.float32)
     mask = np.ones_like(tokens, bool)
     mask[:, 0] = False
-    batch = learner_lib.TrainBatch(tokens, mask, np.ones_like(mask), logps, rewards)
+    batch = grpo_step.TrainBatch(tokens, mask, np.ones_like(mask), logps, rewards)
     metrics, _ = learner.step(batch)
     rewards_seen.append(float(rewards.mean()))
     ratios.append(metrics["log_ratio_abs"])

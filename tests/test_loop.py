@@ -176,7 +176,7 @@ def test_dynamic_sampling_drops_flat_groups_refills_and_never_aborts(tmp_path):
   parts = types.SimpleNamespace(config=cfg, learner=types.SimpleNamespace(params=None), engine=Engine(), env=None,
                                 curriculum=cur)
   sample = cur.next_tasks(4)
-  batch, trained, consumed, m = loop.rollout_step(parts, sample, jax.random.key(0))
+  batch, trained, consumed, m = loop.rollout_step(parts, sample, jax.random.key(0), parts.learner.params)
   # Three rounds of 4 tasks cover 12 draws of a 10-task pool: s0 and s2 once each (maybe twice after the epoch
   # wrapped); the rest of the batch is completed with flat groups instead of aborting.
   ids = [t.id for t in trained.tasks]

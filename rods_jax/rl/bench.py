@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from rods_jax.models import ModelConfig, Transformer
+from rods_jax.rl import grpo_step
 from rods_jax.rl import learner as learner_lib
 
 
@@ -58,7 +59,7 @@ def matmul_peak_gflops(n: int, repeats: int, warmup: int = 2) -> float:
   return 2.0 * n ** 3 / statistics.median(times) / 1e9
 
 
-def synthetic_batch(vocab: int, n_seqs: int, seq: int, k: int, seed: int) -> learner_lib.TrainBatch:
+def synthetic_batch(vocab: int, n_seqs: int, seq: int, k: int, seed: int) -> grpo_step.TrainBatch:
   """Random full-length trajectories, every token after the first in the loss, rewards with variance in every group."""
   rng = np.random.default_rng(seed)
   tokens = rng.integers(0, vocab, (n_seqs, seq)).astype(np.int32)
@@ -66,7 +67,7 @@ def synthetic_batch(vocab: int, n_seqs: int, seq: int, k: int, seed: int) -> lea
   mask[:, 0] = False
   rewards = rng.uniform(0, 1, (n_seqs // k, k)).astype(np.float32)
   logps = -rng.uniform(0.1, 3.0, (n_seqs, seq)).astype(np.float32)
-  return learner_lib.TrainBatch(tokens, mask, np.ones_like(mask), logps, rewards)
+  return grpo_step.TrainBatch(tokens, mask, np.ones_like(mask), logps, rewards)
 
 
 def train_benchmark(model_cfg: ModelConfig, batch: int, seq: int, repeats: int, *, warmup: int = 2,
@@ -104,7 +105,7 @@ def train_benchmark(model_cfg: ModelConfig, batch: int, seq: int, repeats: int, 
 
   def one_step() -> float:
     t0 = time.perf_counter()
-    learner.state, metrics, _ = learner_lib.train_step(learner.graphdef, learner.state, data,
+    learner.state, metrics, _ = grpo_step.train_step(learner.graphdef, learner.state, data,
                                                         step_cfg=learner.step_cfg)
     jax.block_until_ready((learner.state, metrics))
     return time.perf_counter() - t0

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from rods_jax import console
 from rods_jax import sharding as sharding_lib
+from rods_jax.rl import grpo_step
 from rods_jax.rl import learner as learner_lib
 from rods_jax.rl import logprobs
 from rods_jax.rods import detector
@@ -140,14 +141,14 @@ def sft_step(graphdef: nnx.GraphDef, state: SFTState, tokens: jnp.ndarray, loss_
              valid: jnp.ndarray, *, optim: tuple) -> tuple[SFTState, dict[str, jnp.ndarray]]:
   """One AdamW step on the token-mean NLL of one batch (``optim``: sorted (key, value) pairs, see
   ``sft_optimizer_config``)."""
-  ocfg = learner_lib.FrozenConfig(dict(optim))
-  optimizer = learner_lib.make_optimizer(ocfg)
+  ocfg = grpo_step.FrozenConfig(dict(optim))
+  optimizer = grpo_step.make_optimizer(ocfg)
   (_, metrics), grads = jax.value_and_grad(sft_loss, has_aux=True)(state.params, graphdef, tokens, loss_mask, valid,
                                                                    int(ocfg.logit_chunk))
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.global_norm(grads)
-  metrics["lr"] = jnp.asarray(learner_lib.lr_schedule(ocfg)(state.step), jnp.float32)
+  metrics["lr"] = jnp.asarray(grpo_step.lr_schedule(ocfg)(state.step), jnp.float32)
   return SFTState(state.step + 1, params, opt_state), metrics
 
 
@@ -163,7 +164,7 @@ class SFTTrainer:
     if mesh is not None:
       sharding_lib.shard_model(model, mesh)
     self.graphdef, params = nnx.split(model)
-    opt_state = learner_lib.make_optimizer(learner_lib.FrozenConfig(dict(self.optim))).init(params)
+    opt_state = grpo_step.make_optimizer(grpo_step.FrozenConfig(dict(self.optim))).init(params)
     step = jnp.zeros((), jnp.int32)
     if mesh is not None:  # scalars replicated on the mesh (multi-host safe)
       step = learner_lib.replicate_on_mesh(step, mesh)

@@ -15,10 +15,11 @@ zero-variance filtering with refill.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -47,8 +48,8 @@ def _numpy_stats(rewards: np.ndarray, rods_cfg, tol: float):
                                                   float(rods_cfg.alpha_high), float(tol)))
 
 
-def rollout_step(parts: Parts, sample: Sample, rng: jax.Array):
-  """K rollouts per task of ``sample``; with ``rods.dynamic_sampling``, groups with zero reward variance are dropped
+def rollout_step(parts: Parts, sample: Sample, rng: jax.Array, params):
+  """K rollouts per task of ``sample`` by the policy ``params``; with ``rods.dynamic_sampling``, groups with zero reward variance are dropped
   and the batch is refilled from more tasks (up to ``dynamic_sampling_max_rounds`` rollout rounds, never aborting:
   short of B informative groups, the batch is completed with zero-variance ones, which carry no gradient).
 
@@ -56,7 +57,6 @@ def rollout_step(parts: Parts, sample: Sample, rng: jax.Array):
   """
   c = parts.config
   k = int(c.rollout.k)
-  params = parts.learner.params
   batch = parts.engine.rollout(params, parts.env, sample.tasks, k, jax.random.fold_in(rng, 0))
   if not c.rods.dynamic_sampling:
     return batch, sample, len(sample.tasks) * k, {}
@@ -130,7 +130,7 @@ def train_step(parts: Parts) -> dict[str, Any]:
   t0 = time.perf_counter()
   parts.rng, key = jax.random.split(parts.rng)
   sample = parts.curriculum.next_tasks(int(c.rollout.tasks_per_step))
-  batch, trained, consumed, m = rollout_step(parts, sample, key)
+  batch, trained, consumed, m = rollout_step(parts, sample, key, parts.learner.params)
   timings["rollout"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   learner_metrics, stats = parts.learner.step(batch)
@@ -139,10 +139,17 @@ def train_step(parts: Parts) -> dict[str, Any]:
   step = parts.state.step + 1  # the number of the step being completed (metrics, events and history agree)
   m.update(parts.curriculum.after_update(trained, stats, step))
   timings["curriculum"] = time.perf_counter() - t0
+  _finish_step(parts, sample, batch, trained, consumed, m, learner_metrics, timings)
+  return m
+
+
+def _finish_step(parts: Parts, sample: Sample, batch, trained: Sample, consumed: int, m: dict[str, Any],
+                 learner_metrics: dict[str, float], timings: dict[str, float]) -> None:
+  """Counters, metrics and the step's log record, once its update and curriculum step are done."""
   timings["synthesis_wait"] = float(m.get("synth/drain_s", 0.0))
   for t in trained.tasks:
     parts.seen.add(t.id)
-  parts.state = parts.state._replace(step=step, trajectories=parts.state.trajectories + consumed,
+  parts.state = parts.state._replace(step=parts.state.step + 1, trajectories=parts.state.trajectories + consumed,
                                      distinct_tasks=len(parts.seen))
   m.update({f"grpo/{k}": v for k, v in learner_metrics.items()})
   m.update(rollout_metrics(batch))
@@ -152,7 +159,61 @@ def train_step(parts: Parts) -> dict[str, Any]:
   m["train/distinct_tasks"] = parts.state.distinct_tasks
   m["train/filler_tasks"] = sample.n_filler
   parts.writer.write(parts.state.step, m, timings)
-  return m
+
+
+# ------------------------------------------------------------------------------------------------ overlap
+class Pending(NamedTuple):
+  """A rollout running in a host thread: the step's tasks, and the future of ``rollout_step``'s result."""
+  sample: Sample
+  future: concurrent.futures.Future
+  staleness: int  # policy updates between the sampling policy and the one the batch will update
+
+
+def start_rollout(parts: Parts, executor: concurrent.futures.Executor, params, staleness: int) -> Pending:
+  """Draws the next step's tasks and key here (so the curriculum and the RNG advance in step order) and rolls them
+  out in ``executor`` with ``params`` (a copy the learner will not donate)."""
+  parts.rng, key = jax.random.split(parts.rng)
+  sample = parts.curriculum.next_tasks(int(parts.config.rollout.tasks_per_step))
+  return Pending(sample, executor.submit(rollout_step, parts, sample, key, params), staleness)
+
+
+def overlapped_step(parts: Parts, pending: Pending, executor: concurrent.futures.Executor,
+                    may_overlap: Callable[[LoopState], bool]) -> tuple[dict[str, Any], Pending | None]:
+  """One RODS step with ``train.overlap``: the batch of ``pending`` (sampled by the policy before the previous
+  update) trains while the next step's rollout runs with the current policy — one update stale.
+
+  Order (what keeps it exact): the detector's statistics come from the batch's rewards before the update, so the
+  curriculum observes step t and draws step t+1's tasks in step order, as without overlap. The next rollout starts
+  during the update only if ``may_overlap(state after this step)`` (another step follows and no held-out evaluation
+  is due before it) and no checkpoint is saved at this step: otherwise the pipeline drains, the next rollout uses
+  the updated policy (staleness 0), and a run resumed from that checkpoint continues exactly as an uninterrupted
+  one.
+  """
+  c = parts.config
+  timings: dict[str, float] = {}
+  t0 = time.perf_counter()
+  batch, trained, consumed, m = pending.future.result()
+  timings["rollout_wait"] = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  stats = _numpy_stats(np.asarray(batch.rewards), c.rods, c.grpo.zero_std_tol)
+  step = parts.state.step + 1
+  m.update(parts.curriculum.after_update(trained, stats, step))
+  timings["curriculum"] = time.perf_counter() - t0
+  after = parts.state._replace(step=step, trajectories=parts.state.trajectories + consumed)
+  drain = not may_overlap(after) or parts.ckpt.should_save(step)
+  t0 = time.perf_counter()
+  nxt = None
+  if drain:
+    learner_metrics, _ = parts.learner.step(batch)
+  else:
+    params = parts.learner.params_copy()  # the update donates the learner's own buffers
+    dispatched = parts.learner.dispatch(batch)
+    nxt = start_rollout(parts, executor, params, staleness=1)
+    learner_metrics, _ = parts.learner.fetch(dispatched)
+  timings["update"] = time.perf_counter() - t0
+  m["train/staleness"] = float(pending.staleness)
+  _finish_step(parts, pending.sample, batch, trained, consumed, m, learner_metrics, timings)
+  return m, nxt
 
 
 def maybe_evaluate(parts: Parts, force: bool = False) -> dict[str, float] | None:
@@ -189,13 +250,26 @@ def train(config, workdir: str, synth_factory: Callable[[], Any] | None = None,
     evals = evaluate_heldout and int(config.train.eval_every_trajectories) > 0 and bool(parts.test_tasks)
     total = int(config.train.total_trajectories)
     done = 0
-    with console.Progress(config.logging, total, "traj", str(config.arm), console.GRPO_HEADLINE,
-                          initial=parts.state.trajectories) as progress:
+    pending = None
+
+    def may_overlap(after: LoopState) -> bool:  # another step follows, with no evaluation before it
+      more = after.trajectories < total and (max_steps is None or done + 1 < max_steps)
+      return more and not (evals and after.next_eval >= 0 and after.trajectories >= after.next_eval)
+
+    # one host thread for the overlapped rollout (train.overlap); idle otherwise
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout") as executor, \
+        console.Progress(config.logging, total, "traj", str(config.arm), console.GRPO_HEADLINE,
+                         initial=parts.state.trajectories) as progress:
       while parts.state.trajectories < total and (max_steps is None or done < max_steps):
         if evals:
           maybe_evaluate(parts)  # at 0 (the warm-up policy) and every eval_every_trajectories
         t0 = time.perf_counter()
-        m = train_step(parts)
+        if config.train.overlap:
+          if pending is None:  # the first step, or after a drain: sampled by the current policy
+            pending = start_rollout(parts, executor, parts.learner.params, staleness=0)
+          m, pending = overlapped_step(parts, pending, executor, may_overlap)
+        else:
+          m = train_step(parts)
         done += 1
         save(parts)
         progress.update(parts.state.step, parts.state.trajectories, {**m, "time/step": time.perf_counter() - t0})

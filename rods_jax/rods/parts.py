@@ -143,7 +143,9 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
     seeds = limit_seeds(seeds, int(config.rods.seed_limit))
   init_dir = warm_start_dir(config, workdir, env, tokenizer, mesh, seeds)
   model, model_cfg = build_model(config, tokenizer, mesh, init_dir)
-  learner = GRPOLearner(model, config.optim, config.grpo, config.rods, mesh)
+  # overlap trains on batches sampled one update stale: their sampler log-probs are the behaviour policy
+  learner = GRPOLearner(model, config.optim, config.grpo, config.rods, mesh,
+                        behaviour="sampler" if config.train.overlap else "current")
   engine = MultiTurnEngine(learner.graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg, mesh=mesh)
   # Round-robin over categories, so a capped evaluation still covers every category equally.
   test_tasks = limit_seeds(env.load_tasks(config.env.test_split), int(config.train.eval_max_tasks))
