@@ -20,6 +20,9 @@ train: ``rods_jax.rl.bench.train_benchmark`` (GRPO step tokens/s and MFU vs a ma
 decode: ``rods_jax.rollout.bench.decode_step_benchmark`` (one sampler decode step of --decode_rows rows attending over
 --decode_kv_len slots; ms per step and bandwidth utilisation vs a streaming read measured in the same run).
 
+grpo_step: ``launch.grpo_step_bench`` (full GRPO steps, rollout + update + curriculum: the padded layout vs training
+on real tokens vs real tokens with the next rollout overlapping the update, at each of --grpo_rows).
+
 --suite=all runs each suite in a fresh process (timings were order-dependent in one process) and writes one JSON.
 The policy: ``--checkpoint_dir``, else the lab model after ``--sft_steps`` of supervised warm-up on gold toolworld
 trajectories (``rods_jax.rl.sft``), so that it calls tools, reads results and answers as a lab policy does. With
@@ -41,7 +44,7 @@ from absl import app, flags, logging
 from flax import nnx
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("suite", "rollout", ["rollout", "train", "decode", "all"], "Which benchmarks to run.")
+flags.DEFINE_enum("suite", "rollout", ["rollout", "train", "decode", "grpo_step", "all"], "Which benchmarks to run.")
 flags.DEFINE_string("out", "", "Write the JSON here (also printed).")
 flags.DEFINE_integer("tasks", 8, "B: tasks per rollout batch.")
 flags.DEFINE_integer("k", 8, "K: rollouts per task (B*K rows in one cache).")
@@ -64,6 +67,9 @@ flags.DEFINE_integer("vocab", 1024, "train / decode suites: vocabulary size of t
 flags.DEFINE_integer("decode_rows", 64, "decode suite: rows decoded together.")
 flags.DEFINE_integer("decode_kv_len", 384, "decode suite: attention length (cached slots).")
 flags.DEFINE_integer("decode_steps", 32, "decode suite: steps per timed decode call.")
+flags.DEFINE_list("grpo_rows", ["64", "256"], "grpo_step suite: rows per step (tasks_per_step x --grpo_k).")
+flags.DEFINE_integer("grpo_k", 8, "grpo_step suite: rollouts per task.")
+flags.DEFINE_integer("grpo_warmup", 2, "grpo_step suite: untimed steps per variant first (compilations).")
 flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
 flags.DEFINE_float("min_stopped_frac", 0.0, "If in (0, 1] and not the config's value: also time the engine with "
                    "config.rollout.min_stopped_frac set to this (decode returns to the host once this fraction of "
@@ -248,6 +254,25 @@ def train_suite(config, *, preset: str, vocab: int, batch: int, seq: int, repeat
                          grpo_cfg=None, optim_cfg=config.optim, rods_cfg=config.rods, seed=seed)
 
 
+def grpo_step_suite(config) -> dict[str, Any]:
+  """Full GRPO steps from a warm policy: ``--checkpoint_dir``, or --sft_steps of warm-up made here and exported."""
+  from launch import grpo_step_bench
+  from rods_jax.models import hf_loader
+  rows = tuple(int(r) for r in FLAGS.grpo_rows)
+  with tempfile.TemporaryDirectory() as tmp:
+    warm_dir, policy_info = FLAGS.checkpoint_dir, {"checkpoint_dir": FLAGS.checkpoint_dir}
+    if not warm_dir:
+      env, tok, model, model_cfg = _lab_setup(config, FLAGS.tokenizer_dir, "", FLAGS.preset, FLAGS.seed)
+      model, policy_info = _warm_up(model, env, tok, config, FLAGS.sft_steps, FLAGS.sft_batch, FLAGS.seed)
+      warm_dir = os.path.join(tmp, "warm")
+      hf_loader.export_hf_checkpoint(model, model_cfg, warm_dir)
+      tok.save_pretrained(warm_dir)
+    result = grpo_step_bench.grpo_step_benchmark(config, warm_dir, rows, k=FLAGS.grpo_k, warmup=FLAGS.grpo_warmup,
+                                                 repeats=FLAGS.repeats)
+  result["policy"] = policy_info
+  return result
+
+
 def run_suite(suite: str, config, vocab: int) -> dict[str, Any]:
   """One suite in this process."""
   if suite == "rollout":
@@ -259,6 +284,8 @@ def run_suite(suite: str, config, vocab: int) -> dict[str, Any]:
   if suite == "train":
     return train_suite(config, preset=FLAGS.preset, vocab=vocab, batch=FLAGS.train_batch, seq=FLAGS.train_seq,
                        repeats=FLAGS.repeats, warmup=FLAGS.warmup, seed=FLAGS.seed)
+  if suite == "grpo_step":
+    return grpo_step_suite(config)
   from rods_jax.models import get_preset
   from rods_jax.rollout.bench import decode_step_benchmark
   return decode_step_benchmark(get_preset(FLAGS.preset, vocab_size=vocab), FLAGS.decode_rows, FLAGS.decode_kv_len,
@@ -292,7 +319,7 @@ def main(argv):
   if FLAGS.suite == "all":
     result["rollout"] = run_isolated("rollout", FLAGS.vocab, sys.argv)
     vocab = int(result["rollout"]["setup"]["vocab"])  # the tokenizer's, for the model-only suites
-    for suite in ("train", "decode"):
+    for suite in ("train", "decode", "grpo_step"):
       result[suite] = run_isolated(suite, vocab, sys.argv)
   else:
     result[FLAGS.suite] = run_suite(FLAGS.suite, config, FLAGS.vocab)

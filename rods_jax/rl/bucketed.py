@@ -98,12 +98,26 @@ def micro_gradients(graphdef: nnx.GraphDef, params: nnx.State, ref_params: nnx.S
     r["ref"] = micro_logps(graphdef, ref_params, r["tokens"], r["valid"], temperature=float(cfg.temperature),
                            chunk=int(cfg.logit_chunk))
   grads, out = jax.grad(grpo_step.micro_loss, has_aux=True)(params, graphdef, r, cfg, step_cfg.behaviour)
-  if acc is None:
-    return grads, out
   return jax.tree.map(jnp.add, acc[0], grads), losses.combine(acc[1], out)
 
 
-@functools.partial(jax.jit, static_argnames=("step_cfg",), donate_argnames=("params", "opt_state", "acc"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "step_cfg"))
+def zero_accumulator(graphdef: nnx.GraphDef, params: nnx.State, *, step_cfg: grpo_step.StepConfig):
+  """(zeros like params, an empty LossOutput): the accumulator every update starts from (one compilation; the
+  LossOutput's structure does not depend on the micro-batch shape, so a 1 x 2 dummy traces it)."""
+  cfg = step_cfg.grpo_cfg()
+  dummy = {"tokens": jnp.zeros((1, 2), jnp.int32), "valid": jnp.ones((1, 2), bool), "mask": jnp.ones((1, 2), bool),
+           "sampler": jnp.zeros((1, 2), jnp.float32), "adv": jnp.zeros((1,), jnp.float32),
+           "active": jnp.ones((1,), bool)}
+  if int(cfg.updates_per_batch) > 1 and step_cfg.behaviour == "current":
+    dummy["old"] = dummy["sampler"]
+  if cfg.kl_coef != 0:
+    dummy["ref"] = dummy["sampler"]
+  out_shape = jax.eval_shape(lambda p: grpo_step.micro_loss(p, graphdef, dummy, cfg, step_cfg.behaviour)[1], params)
+  return jax.tree.map(jnp.zeros_like, params), grpo_step.zero_like_output(out_shape)
+
+
+@functools.partial(jax.jit, static_argnames=("step_cfg",), donate_argnames=("params", "opt_state"))
 def apply_update(params: nnx.State, opt_state, step: jnp.ndarray, acc, *, step_cfg: grpo_step.StepConfig):
   """One optimizer update from the accumulated (Σ ∇ total, LossOutput): ∇L = Σ ∇ total / Σ count."""
   grads, out = acc
@@ -126,7 +140,7 @@ def plan(hb: HostBatch, cfg, row_multiple: int, bucket: int) -> list[list[bucket
 def accumulate(graphdef: nnx.GraphDef, params: nnx.State, ref_params: nnx.State | None, micros: list[dict],
                adv: jnp.ndarray, active: jnp.ndarray, step_cfg: grpo_step.StepConfig):
   """(Σ_micro ∇ total, Σ_micro LossOutput) over one update's device micro-batches (dispatched, not awaited)."""
-  acc = None
+  acc = zero_accumulator(graphdef, params, step_cfg=step_cfg)
   for m in micros:
     acc = micro_gradients(graphdef, params, ref_params, acc, m, adv, active, step_cfg=step_cfg)
   return acc

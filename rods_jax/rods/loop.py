@@ -96,6 +96,7 @@ def rollout_metrics(batch) -> dict[str, float]:
           "rollout/n_calls": float(np.mean(batch.n_calls)), "rollout/n_errors": float(np.mean(batch.n_errors)),
           "rollout/parse_errors": float(np.mean(batch.n_parse_errors)),
           "rollout/truncated": float(np.mean(batch.truncated)), "rollout/length": float(np.mean(batch.lengths)),
+          "rollout/length_max": float(np.max(batch.lengths)),
           "rollout/sampled_tokens": float(batch.stats.get("sampled_tokens", 0))}
 
 
