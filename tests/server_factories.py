@@ -19,11 +19,11 @@ def tiny_tokenizer(out_dir):
   return lt.build_lab_tokenizer(str(out_dir), corpus, vocab_size=300)
 
 
-def tiny_checkpoint(out_dir, seed=0):
-  """An HF checkpoint directory (config.json, safetensors, tokenizer files) of a random 2-layer model."""
+def tiny_checkpoint(out_dir, tok, seed=0):
+  """An HF checkpoint directory (config.json, safetensors, ``tok``'s files) of a random 2-layer model."""
   from flax import nnx
   from rods_jax.models import Transformer, get_preset, hf_loader
-  tok = tiny_tokenizer(out_dir)
+  tok.save_pretrained(str(out_dir))
   cfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                    mlp_dim=64)
   hf_loader.export_hf_checkpoint(Transformer(cfg, rngs=nnx.Rngs(seed)), cfg, str(out_dir))

@@ -26,14 +26,17 @@ DEFAULT_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
 @dataclasses.dataclass(frozen=True)
 class GeneratorConfig:
   """bucket: prompt width and KV length granularity; segment_tokens: tokens decoded between host checks (stop
-  strings, streaming); stop_tokens: tokens that end a message (those the tokenizer has, plus its eos)."""
+  strings, streaming); min_rows: a batch's rows are padded to at least this many (with ``row_bucket``'s sizes above
+  it), trading padding for fewer compiled shapes; stop_tokens: tokens that end a message (those the tokenizer has,
+  plus its eos)."""
   bucket: int = 128
   segment_tokens: int = 16
+  min_rows: int = 1
   stop_tokens: tuple[str, ...] = DEFAULT_STOP_TOKENS
 
   def __post_init__(self):
-    if self.bucket < 1 or self.segment_tokens < 1:
-      raise ValueError(f"GeneratorConfig needs bucket >= 1 and segment_tokens >= 1: {self}")
+    if self.bucket < 1 or self.segment_tokens < 1 or self.min_rows < 1:
+      raise ValueError(f"GeneratorConfig needs bucket, segment_tokens and min_rows >= 1: {self}")
 
 
 @dataclasses.dataclass
@@ -96,7 +99,7 @@ class SamplerGenerator:
   def _decode_group(self, rows: list[_RowState], sampling, key, emit: Emit) -> None:
     cfg, bucket = self._cfg, self._cfg.bucket
     self.calls += 1
-    b = sampler_lib.row_bucket(len(rows), 1 << 30, 1)
+    b = sampler_lib.row_bucket(len(rows), 1 << 30, cfg.min_rows)
     longest = max(len(r.prompt) for r in rows)
     width = sampler_lib.round_up(longest, bucket)
     kv_len = sampler_lib.round_up(max(len(r.prompt) + r.max_tokens for r in rows), bucket)
