@@ -5,7 +5,6 @@ import concurrent.futures
 import http.client
 import json
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -22,8 +21,7 @@ from rods_jax.serving.generator import GeneratorConfig
 from rods_jax.serving.protocol import ProtocolConfig
 from rods_jax.serving.scheduler import BatchScheduler, SchedulerConfig
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-import server_factories as sf  # noqa: E402
+import server_factories as sf
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
 
@@ -190,16 +188,45 @@ def test_real_sampler_end_to_end(tmp_path, tok):
     cut = client.chat.completions.create(**{**ask, "stop": [stop]})
     assert long[:long.find(stop)] in [c.message.content for c in cut.choices]
     assert all(stop not in c.message.content for c in cut.choices)
+    # Concurrent greedy requests share sampler batches, and each equals greedy decoding by full forward passes.
     calls = gen.calls
+    questions = ["q", "what is the weather", "hello there", "Paris 21 degrees please"]
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-      outs = list(pool.map(lambda i: client.chat.completions.create(
-          model="tiny", messages=[{"role": "user", "content": f"q{i}"}], temperature=1.0, top_p=1.0,
-          max_tokens=12, n=2), range(4)))
-    assert all(len(o.choices) == 2 and o.choices[0].finish_reason in ("stop", "length") for o in outs)
-    assert gen.calls - calls < 4  # the four requests shared sampler batches
+      outs = list(pool.map(lambda q: client.chat.completions.create(
+          model="tiny", messages=[{"role": "user", "content": q}], temperature=0.0, max_tokens=6), questions))
+    assert gen.calls - calls < 4
+    stop_ids = {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+    for q, out in zip(questions, outs):
+      ids = _greedy_reference(model, ChatRenderer(tok).start([{"role": "user", "content": q}], None)[1], 6, stop_ids)
+      body = ids[:-1] if ids[-1] in stop_ids else ids
+      assert out.choices[0].message.content == tok.decode(body, skip_special_tokens=False)
+      assert out.usage.completion_tokens == len(ids)
+      assert out.choices[0].finish_reason == ("stop" if ids[-1] in stop_ids else "length")
   finally:
     handle.close()
     scheduler.close()
+
+
+def _greedy_reference(model, prompt, max_new, stop_ids, width=64):
+  """Greedy continuation by a full forward pass over the whole sequence per token (no KV cache; right-padded to a
+  fixed width, so one compilation)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from rods_jax.models import forward_fn
+  graphdef, params = nnx.split(model)
+  forward = jax.jit(forward_fn, static_argnums=0)
+  ids = list(prompt)
+  for _ in range(max_new):
+    tokens = np.zeros((1, width), np.int32)
+    tokens[0, :len(ids)] = ids
+    logits = forward(graphdef, params, jnp.asarray(tokens), jnp.arange(width)[None],
+                     jnp.asarray(np.arange(width) < len(ids))[None])
+    ids.append(int(jnp.argmax(logits[0, len(ids) - 1])))
+    if ids[-1] in stop_ids:
+      break
+  return ids[len(prompt):]
 
 
 # ---------------------------------------------------------------------------------------------------- hardening

@@ -123,8 +123,8 @@ def _text(content: Any, where: str, allow_none: bool) -> str:
     return ""
   if isinstance(content, str):
     return content
-  if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                       for p in content):
+  if isinstance(content, list) and all(
+      isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
     return "".join(p["text"] for p in content)
   raise ProtocolError(400, f"{where}.content must be a string or a list of text parts")
 
