@@ -77,7 +77,7 @@ if __name__ == "__main__":
   flags.DEFINE_float("batch_window_ms", 5.0, "how long a request waits for others to batch with")
   flags.DEFINE_integer("max_batch_rows", 16, "choices decoded together at most (KV memory: rows x capacity)")
   flags.DEFINE_integer("segment_tokens", 16, "tokens decoded between stop-string checks / streamed chunks")
-  flags.DEFINE_float("read_timeout_s", 30.0, "seconds a client has to send its request body (else 408)")
+  flags.DEFINE_float("read_timeout_s", 30.0, "seconds a client has to send its headers (else closed) and its body (else 408)")
   flags.DEFINE_integer("max_body_bytes", 2 << 20, "largest request body (else 413)")
   flags.DEFINE_integer("max_connections", 1024, "open connections at most (uvicorn answers 503 beyond)")
   app.run(main)

@@ -263,11 +263,19 @@ def test_stalled_clients_time_out(scripted):
     stalled.append(s)
   t0 = time.monotonic()
   assert _post(handle.url, _hi())[0] == 200  # others are served meanwhile
+  silent = []
+  for request_start in (b"", b"POST /v1/chat/compl"):  # never finish their headers
+    s = socket.create_connection((u.hostname, u.port), timeout=10)
+    s.sendall(request_start)
+    silent.append(s)
   replies = []
   for s in stalled:
     replies.append(s.recv(4096))
     s.close()
   assert all(r.startswith(b"HTTP/1.1 408") for r in replies), replies[0][:80]
+  assert [s.recv(4096) for s in silent] == [b"", b""]  # closed by the server
+  for s in silent:
+    s.close()
   assert time.monotonic() - t0 < 5
 
 

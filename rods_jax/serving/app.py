@@ -1,6 +1,7 @@
 """The OpenAI-compatible ASGI app (starlette): ``POST /v1/chat/completions`` (streaming or not) and ``GET /v1/models``.
 
-A request is read with a size limit and a read timeout (a client that stalls mid-body gets 408), validated
+A request is read with a size limit and read deadlines (a client that stalls in its headers is disconnected, one
+that stalls mid-body gets 408), validated
 (``protocol``), rendered with the model's chat template (``ChatRenderer``, tools included) in a worker thread, checked
 against the KV capacity (prompt + max_tokens, else 400), and queued on the ``BatchScheduler`` (503 when its queue is
 full). Replies come from ``responses``. ``serve_in_thread`` runs the app with uvicorn for tests and notebooks.
@@ -15,6 +16,7 @@ from typing import AsyncIterator
 
 import jinja2
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -124,7 +126,9 @@ def build_app(renderer: ChatRenderer, scheduler: BatchScheduler, cfg: ServerConf
 
   routes = [Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-  return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+  app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+  app.state.server_config = cfg  # what uvicorn_config reads (the header deadline)
+  return app
 
 
 def _sse(obj: dict) -> str:
@@ -186,15 +190,36 @@ class ServerHandle:
     self.thread.join(timeout=30)
 
 
+class _HeaderDeadlineH11(H11Protocol):
+  """uvicorn's h11 protocol waits for a request's headers without limit (only idle keep-alive connections time out);
+  this closes a connection that has not sent a complete first request within ``header_timeout_s``."""
+  header_timeout_s = 30.0
+
+  def connection_made(self, transport) -> None:
+    super().connection_made(transport)
+    self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_overdue)
+
+  def _headers_overdue(self) -> None:
+    if self.cycle is None and not self.transport.is_closing():
+      self.transport.close()
+
+  def connection_lost(self, exc) -> None:
+    self._header_deadline.cancel()
+    super().connection_lost(exc)
+
+
 def uvicorn_config(app: Starlette, host: str, port: int, max_connections: int, backlog: int = 2048) -> uvicorn.Config:
-  """uvicorn settings of the server: bounded connections (503 beyond), a deep listen backlog, quiet logs."""
-  return uvicorn.Config(app, host=host, port=port, limit_concurrency=max_connections, backlog=backlog,
-                        timeout_keep_alive=5, log_level="warning", lifespan="off")
+  """uvicorn settings of a ``build_app`` app: bounded connections (503 beyond), a deep listen backlog, the app's
+  ``read_timeout_s`` as the deadline for the request headers (the body has its own, in the app), quiet logs."""
+  timeout = app.state.server_config.read_timeout_s
+  protocol_class = type("HeaderDeadlineH11", (_HeaderDeadlineH11,), {"header_timeout_s": timeout})
+  return uvicorn.Config(app, host=host, port=port, http=protocol_class, limit_concurrency=max_connections,
+                        backlog=backlog, timeout_keep_alive=5, log_level="warning", lifespan="off")
 
 
 def serve_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0, max_connections: int = 1024
                     ) -> ServerHandle:
-  """Runs ``app`` with uvicorn in a daemon thread and returns once it accepts connections."""
+  """Runs a ``build_app`` app with uvicorn in a daemon thread and returns once it accepts connections."""
   server = uvicorn.Server(uvicorn_config(app, host, port, max_connections))
   thread = threading.Thread(target=server.run, name="serving-http", daemon=True)
   thread.start()
