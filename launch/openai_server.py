@@ -54,9 +54,12 @@ def main(argv):
   model, model_cfg = hf_loader.load_hf_checkpoint(f.checkpoint_dir)
   tokenizer = hf_loader.load_tokenizer(f.checkpoint_dir)
   app, scheduler, _ = build_server(model, model_cfg, tokenizer, server_cfg, scheduler_cfg, generator_cfg, f.seed)
-  print(f"serving {f.checkpoint_dir} as {f.model_name!r} at http://{f.host}:{f.port}/v1", flush=True)
+  config = app_lib.uvicorn_config(app, f.host, f.port, f.max_connections)
+  sock = config.bind_socket()  # bound here so that --port=0 can print the port it got
+  host, port = sock.getsockname()[:2]
+  print(f"serving {f.checkpoint_dir} as {f.model_name!r} at http://{host}:{port}/v1", flush=True)
   try:
-    uvicorn.Server(app_lib.uvicorn_config(app, f.host, f.port, f.max_connections)).run()
+    uvicorn.Server(config).run(sockets=[sock])
   finally:
     scheduler.close()
 

@@ -311,6 +311,10 @@ def test_prompt_limit_and_routes(scripted):
   long = json.dumps({"messages": [{"role": "user", "content": "word " * 2000}]}).encode()
   status, raw = _post(handle.url, long)
   assert status == 400 and "KV slots" in json.loads(raw)["error"]["message"]
+  # far too long for the capacity: refused from its length, before tokenizing it
+  huge = json.dumps({"messages": [{"role": "user", "content": "a" * (200 << 10)}]}).encode()
+  status, raw = _post(handle.url, huge)
+  assert status == 400 and "characters, more than fit" in json.loads(raw)["error"]["message"]
   status, raw = _post(handle.url, b"0" * 10, headers={"Content-Length": "99999999"})
   assert status == 413
   u = urllib.parse.urlsplit(handle.url)

@@ -75,20 +75,32 @@ async def _read_body(request: Request, cfg: ServerConfig) -> bytes:
     raise ProtocolError(408, f"the request body did not arrive within {cfg.read_timeout_s} s") from None
 
 
-def _prompt_ids(renderer: ChatRenderer, lock: threading.Lock, req: ChatRequest) -> tuple[int, ...]:
+def max_token_chars(tokenizer) -> int:
+  """An upper bound on the characters one token decodes to: the longest vocabulary entry (a byte-level entry has
+  one character per byte, so it is never shorter than its decoded text)."""
+  return max(len(t) for t in tokenizer.get_vocab())
+
+
+def _prompt_ids(renderer: ChatRenderer, lock: threading.Lock, req: ChatRequest, max_chars: int) -> tuple[int, ...]:
   try:
-    with lock:  # one tokenizer, shared with the generator thread's decodes
+    with lock:  # one render at a time: a tokenizer does not promise thread safety
       text = renderer.render(req.messages, req.tools, generation_prompt=True,
                              plain_tools=req.tools is None or is_plain_json(req.tools))
-      return tuple(renderer.encode(text))
   except (jinja2.TemplateError, ValueError, TypeError) as e:
     raise ProtocolError(400, f"the chat template cannot render these messages: {type(e).__name__}: "
                              f"{str(e)[:200]}") from None
+  if len(text) > max_chars:  # surely too many tokens: refused before tokenizing (its time and memory)
+    raise ProtocolError(400, f"the prompt has {len(text)} characters, more than fit in the server's KV capacity "
+                             f"(at most {max_chars})")
+  with lock:
+    return tuple(renderer.encode(text))
 
 
 def build_app(renderer: ChatRenderer, scheduler: BatchScheduler, cfg: ServerConfig) -> Starlette:
   """The app. ``renderer`` renders prompts with the served model's chat template; ``scheduler`` runs generation."""
   lock = threading.Lock()
+  # A normalizer (NFC) can merge a few characters into one before tokenizing, hence the margin.
+  max_chars = 4 * cfg.capacity * max_token_chars(renderer.tokenizer)
   created = int(time.time())
 
   async def models(request: Request) -> Response:
@@ -98,7 +110,7 @@ def build_app(renderer: ChatRenderer, scheduler: BatchScheduler, cfg: ServerConf
   async def chat_completions(request: Request) -> Response:
     try:
       req = protocol.parse_request(await _read_body(request, cfg), cfg.protocol)
-      prompt = await run_in_threadpool(_prompt_ids, renderer, lock, req)
+      prompt = await run_in_threadpool(_prompt_ids, renderer, lock, req, max_chars)
       if len(prompt) + req.max_tokens > cfg.capacity:
         raise ProtocolError(400, f"the prompt has {len(prompt)} tokens; with max_tokens={req.max_tokens} that needs "
                                  f"{len(prompt) + req.max_tokens} KV slots and the server has {cfg.capacity}")
