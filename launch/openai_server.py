@@ -22,21 +22,26 @@ from rods_jax.serving.scheduler import BatchScheduler, SchedulerConfig
 def build_server(model, model_cfg, tokenizer, server_cfg: app_lib.ServerConfig, scheduler_cfg: SchedulerConfig,
                  generator_cfg: GeneratorConfig, seed: int):
   """(app, scheduler, generator) serving ``model`` with ``tokenizer``'s chat template; close the scheduler when done."""
-  if server_cfg.protocol.max_n > scheduler_cfg.max_batch_rows:
-    raise ValueError(f"max_n={server_cfg.protocol.max_n} must be <= max_batch_rows={scheduler_cfg.max_batch_rows}")
+  _check_rows(server_cfg, scheduler_cfg)
   generator = SamplerGenerator(model, model_cfg, tokenizer, generator_cfg, seed)
   scheduler = BatchScheduler(generator, scheduler_cfg)
   return app_lib.build_app(ChatRenderer(tokenizer), scheduler, server_cfg), scheduler, generator
 
 
+def _check_rows(server_cfg: app_lib.ServerConfig, scheduler_cfg: SchedulerConfig) -> None:
+  if server_cfg.protocol.max_n > scheduler_cfg.max_batch_rows:
+    raise ValueError(f"max_n={server_cfg.protocol.max_n} must be <= max_batch_rows={scheduler_cfg.max_batch_rows}")
+
+
 def configs_from_flags(f) -> tuple[app_lib.ServerConfig, SchedulerConfig, GeneratorConfig]:
   protocol_cfg = ProtocolConfig(max_body_bytes=f.max_body_bytes, max_n=f.max_n, max_tokens=f.max_new_tokens,
                                 temperature=f.temperature, top_p=f.top_p)
-  return (app_lib.ServerConfig(model_name=f.model_name, capacity=f.capacity, read_timeout_s=f.read_timeout_s,
-                               protocol=protocol_cfg),
-          SchedulerConfig(max_queue=f.max_queue, batch_window_s=f.batch_window_ms / 1000.0,
-                          max_batch_rows=f.max_batch_rows),
-          GeneratorConfig(segment_tokens=f.segment_tokens))
+  server_cfg = app_lib.ServerConfig(model_name=f.model_name, capacity=f.capacity, read_timeout_s=f.read_timeout_s,
+                                    protocol=protocol_cfg)
+  scheduler_cfg = SchedulerConfig(max_queue=f.max_queue, batch_window_s=f.batch_window_ms / 1000.0,
+                                  max_batch_rows=f.max_batch_rows)
+  _check_rows(server_cfg, scheduler_cfg)
+  return server_cfg, scheduler_cfg, GeneratorConfig(segment_tokens=f.segment_tokens)
 
 
 def main(argv):
@@ -51,8 +56,11 @@ def main(argv):
     server_cfg, scheduler_cfg, generator_cfg = configs_from_flags(f)
   except ValueError as e:
     raise SystemExit(f"openai_server: {e}") from None
-  model, model_cfg = hf_loader.load_hf_checkpoint(f.checkpoint_dir)
-  tokenizer = hf_loader.load_tokenizer(f.checkpoint_dir)
+  try:
+    model, model_cfg = hf_loader.load_hf_checkpoint(f.checkpoint_dir)
+    tokenizer = hf_loader.load_tokenizer(f.checkpoint_dir)
+  except (ValueError, OSError) as e:
+    raise SystemExit(f"openai_server: cannot load --checkpoint_dir={f.checkpoint_dir}: {e}") from None
   app, scheduler, _ = build_server(model, model_cfg, tokenizer, server_cfg, scheduler_cfg, generator_cfg, f.seed)
   config = app_lib.uvicorn_config(app, f.host, f.port, f.max_connections)
   sock = config.bind_socket()  # bound here so that --port=0 can print the port it got

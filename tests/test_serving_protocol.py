@@ -193,3 +193,28 @@ def test_scheduler_batches_bounds_and_errors():
   sched.close()
   with pytest.raises(QueueFull):
     sched.submit(_req())
+
+
+def test_configs_refuse_bad_values_and_flags_map_to_configs():
+  import types
+  from launch import openai_server
+  from rods_jax.serving.app import ServerConfig
+  from rods_jax.serving.generator import GeneratorConfig
+  for make, words in [(lambda: ProtocolConfig(max_n=0), "max_n=0"), (lambda: ProtocolConfig(top_p=0.0), "top_p"),
+                      (lambda: ProtocolConfig(temperature=float("nan")), "temperature"),
+                      (lambda: ServerConfig(capacity=100, protocol=ProtocolConfig(max_tokens=100)), "capacity=100"),
+                      (lambda: ServerConfig(read_timeout_s=0), "read_timeout_s"),
+                      (lambda: SchedulerConfig(max_queue=0), "max_queue"),
+                      (lambda: GeneratorConfig(segment_tokens=0), "segment_tokens")]:
+    with pytest.raises(ValueError, match=words):
+      make()
+  flags = types.SimpleNamespace(max_body_bytes=1000, max_n=4, max_new_tokens=32, temperature=0.5, top_p=0.9,
+                                model_name="m", capacity=64, read_timeout_s=2.0, max_queue=3, batch_window_ms=7.0,
+                                max_batch_rows=8, segment_tokens=5)
+  server, sched, gen = openai_server.configs_from_flags(flags)
+  assert (server.model_name, server.capacity, server.read_timeout_s) == ("m", 64, 2.0)
+  assert server.protocol == ProtocolConfig(max_body_bytes=1000, max_n=4, max_tokens=32, temperature=0.5, top_p=0.9)
+  assert sched == SchedulerConfig(max_queue=3, batch_window_s=0.007, max_batch_rows=8)
+  assert gen == GeneratorConfig(segment_tokens=5)
+  with pytest.raises(ValueError, match="max_batch_rows"):
+    openai_server.configs_from_flags(types.SimpleNamespace(**{**vars(flags), "max_n": 9}))

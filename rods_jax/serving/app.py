@@ -40,9 +40,11 @@ class ServerConfig:
   protocol: protocol.ProtocolConfig = protocol.ProtocolConfig()
 
   def __post_init__(self):
-    if self.capacity <= self.protocol.max_tokens or not self.read_timeout_s > 0:
-      raise ValueError(f"ServerConfig needs capacity > max_tokens={self.protocol.max_tokens} and a positive "
-                       f"read_timeout_s: {self}")
+    if self.capacity <= self.protocol.max_tokens:
+      raise ValueError(f"capacity={self.capacity} must exceed max_tokens={self.protocol.max_tokens} (the prompt needs "
+                       "room too)")
+    if not self.read_timeout_s > 0:
+      raise ValueError(f"read_timeout_s={self.read_timeout_s} must be > 0")
 
 
 def _json(status: int, body: dict) -> Response:

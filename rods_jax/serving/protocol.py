@@ -59,6 +59,13 @@ class ProtocolConfig:
   top_p: float = 1.0
   max_stop: int = 4
 
+  def __post_init__(self):
+    for name in ("max_body_bytes", "max_json_depth", "max_n", "max_tokens", "max_stop"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+    if not (math.isfinite(self.temperature) and self.temperature >= 0 and 0 < self.top_p <= 1):
+      raise ValueError(f"temperature={self.temperature} must be finite and >= 0, top_p={self.top_p} in (0, 1]")
+
 
 class ChatRequest(NamedTuple):
   """A validated request. ``messages`` are plain {"role", "content"} dicts for the chat template."""
