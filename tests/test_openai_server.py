@@ -143,6 +143,10 @@ def test_streaming_content_and_tool_calls(scripted):
   assert len(deltas) == 1 and deltas[0].function.name == "get_weather"
   assert json.loads(deltas[0].function.arguments) == {"city": "Paris"}
   assert calls[-1].choices[0].finish_reason == "tool_calls"
+  two = list(client.chat.completions.create(model="tiny", messages=messages, stream=True, n=2))
+  for i in range(2):
+    assert "".join(c.choices[0].delta.content or "" for c in two if c.choices[0].index == i) == (
+        f"answer {i} to stream me")
   status, raw = _post(handle.url, _hi(stream=True))
   assert status == 200 and raw.endswith(b"data: [DONE]\n\n") and raw.count(b"data: ") >= 4
 
@@ -322,5 +326,8 @@ def test_prompt_limit_and_routes(scripted):
   conn.request("GET", "/v1/nope")
   resp = conn.getresponse()
   assert resp.status == 404 and "no route" in json.loads(resp.read())["error"]["message"]
+  conn.request("GET", "/v1/chat/completions")
+  resp = conn.getresponse()
+  assert resp.status == 405 and "no route GET" in json.loads(resp.read())["error"]["message"]
   conn.close()
   assert threading.active_count() < 100  # no thread per connection left behind

@@ -156,7 +156,10 @@ def _stream(req: ChatRequest, gen: GenRequest, scheduler: BatchScheduler, cfg: S
   events: asyncio.Queue = asyncio.Queue()
 
   def on_text(choice: int, text: str) -> None:  # called in the scheduler's thread
-    loop.call_soon_threadsafe(events.put_nowait, (choice, text))
+    try:
+      loop.call_soon_threadsafe(events.put_nowait, (choice, text))
+    except RuntimeError:  # the event loop is closed (server shutting down): no one is listening, the batch goes on
+      pass
 
   try:
     future = scheduler.submit(gen, on_text)
