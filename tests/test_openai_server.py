@@ -15,6 +15,7 @@ import pytest
 from launch import openai_server
 from rods_jax.envs import parsing
 from rods_jax.models import hf_loader
+from rods_jax.rods.synthesis.backends.openai import OpenAIClientConfig, chat_completion
 from rods_jax.rollout.render import ChatRenderer
 from rods_jax.serving import app as app_lib
 from rods_jax.serving.generator import GeneratorConfig
@@ -192,6 +193,10 @@ def test_real_sampler_end_to_end(tmp_path, tok):
     cut = client.chat.completions.create(**{**ask, "stop": [stop]})
     assert long[:long.find(stop)] in [c.message.content for c in cut.choices]
     assert all(stop not in c.message.content for c in cut.choices)
+    # The synthesis pipeline's OpenAI backend uses this server as it uses vLLM.
+    synth_cfg = OpenAIClientConfig(endpoint=handle.url, model="tiny", temperature=1.0, top_p=1.0, max_tokens=12,
+                                   retries=0)
+    assert isinstance(chat_completion(synth_cfg, [{"role": "user", "content": "plan a scenario"}]), str)
     # Concurrent greedy requests share sampler batches, and each equals greedy decoding by full forward passes.
     calls = gen.calls
     questions = ["q", "what is the weather", "hello there", "Paris 21 degrees please"]

@@ -52,7 +52,8 @@ class Completion(NamedTuple):
   finish_reason: str  # "stop" | "length"
 
 
-Emit = Callable[[int, int, str], None]
+Emit = Callable[[int, int, str], None]  # (request index in the batch, choice, text so far)
+OnText = Callable[[int, str], None]  # one request's (choice, text so far)
 Generate = Callable[[Sequence[GenRequest], Emit], list[list[Completion]]]
 
 
@@ -75,7 +76,7 @@ class SchedulerConfig:
 
 class _Job(NamedTuple):
   request: GenRequest
-  on_text: Emit | None
+  on_text: OnText | None
   future: concurrent.futures.Future
 
 
@@ -92,7 +93,7 @@ class BatchScheduler:
     self._thread = threading.Thread(target=self._run, name="serving-batcher", daemon=True)
     self._thread.start()
 
-  def submit(self, request: GenRequest, on_text: Emit | None = None) -> concurrent.futures.Future:
+  def submit(self, request: GenRequest, on_text: OnText | None = None) -> concurrent.futures.Future:
     if request.n > self._cfg.max_batch_rows:
       raise ValueError(f"n={request.n} exceeds the scheduler's max_batch_rows={self._cfg.max_batch_rows}")
     future: concurrent.futures.Future = concurrent.futures.Future()
