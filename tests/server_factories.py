@@ -19,14 +19,27 @@ def tiny_tokenizer(out_dir):
   return lt.build_lab_tokenizer(str(out_dir), corpus, vocab_size=300)
 
 
+def random_model(cfg, seed=0):
+  """A Transformer of ``cfg`` with N(0, 0.3) weights drawn by numpy into its abstract shapes (eager Flax init
+  compiles every initialiser: ~10 s on a loaded CPU)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from rods_jax.models import Transformer
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(seed))))
+  rng = np.random.default_rng(seed)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: jnp.asarray(rng.normal(0.0, 0.3, a.shape).astype(a.dtype)),
+                                          abstract))
+
+
 def tiny_checkpoint(out_dir, tok, seed=0):
   """An HF checkpoint directory (config.json, safetensors, ``tok``'s files) of a random 2-layer model."""
-  from flax import nnx
-  from rods_jax.models import Transformer, get_preset, hf_loader
+  from rods_jax.models import get_preset, hf_loader
   tok.save_pretrained(str(out_dir))
   cfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                    mlp_dim=64)
-  hf_loader.export_hf_checkpoint(Transformer(cfg, rngs=nnx.Rngs(seed)), cfg, str(out_dir))
+  hf_loader.export_hf_checkpoint(random_model(cfg, seed), cfg, str(out_dir))
   assert os.path.exists(os.path.join(out_dir, "config.json"))
   return str(out_dir)
 

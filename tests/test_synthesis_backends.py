@@ -23,7 +23,7 @@ from rods_jax.serving.app import ServerConfig, build_app, serve_in_thread
 from rods_jax.serving.generator import GeneratorConfig
 from rods_jax.serving.protocol import ProtocolConfig
 from rods_jax.serving.scheduler import BatchScheduler, SchedulerConfig
-from server_factories import ScriptedGenerator
+from server_factories import ScriptedGenerator, random_model
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +221,13 @@ def _tiny_tokenizer():
 
 
 def test_tiny_random_model_through_server_is_classified_not_crashed(bfcl):
-  from flax import nnx
-  from rods_jax.models import Transformer, get_preset
+  from rods_jax.models import get_preset
   from rods_jax.rods.synthesis.backends.sampler import SamplerBackend, SamplerChat, SamplerChatConfig
   env, cfg, seeds = bfcl
   tok = _tiny_tokenizer()
   mcfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                     mlp_dim=64)
-  model = Transformer(mcfg, rngs=nnx.Rngs(0))
+  model = random_model(mcfg)
   chat = SamplerChat(model, mcfg, tok, SamplerChatConfig(max_new_tokens=8, capacity=128, bucket=128), seed=0)
   text = chat([{"role": "user", "content": "hello"}])
   assert isinstance(text, str)
