@@ -17,6 +17,7 @@ from rods_jax.envs import parsing
 from rods_jax.models import hf_loader
 from rods_jax.rods.synthesis.backends.openai import OpenAIClientConfig, chat_completion
 from rods_jax.rollout.render import ChatRenderer
+from rods_jax.rollout.sampling import SamplingParams
 from rods_jax.serving import app as app_lib
 from rods_jax.serving.generator import GeneratorConfig
 from rods_jax.serving.protocol import ProtocolConfig
@@ -120,6 +121,10 @@ def test_n_choices_usage_and_models(scripted):
       for i in range(3))
   assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
   assert [m.id for m in client.models.list().data] == ["tiny"]
+  client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], temperature=0.3,
+                                 top_p=0.5, stop=["x", "yz"], seed=11)
+  req = gen.requests[-1]
+  assert (req.sampling, req.stop, req.seed) == (SamplingParams(0.3, 0.5), ("x", "yz"), 11)
   short = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=2)
   assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
   assert gen.requests[-1].max_tokens == 2
@@ -163,7 +168,7 @@ def test_concurrent_requests_are_batched(scripted):
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
     outs = list(pool.map(ask, range(16)))
   assert [o.choices[0].message.content for o in outs] == [f"answer 0 to q{i}" for i in range(16)]
-  assert gen.calls - calls_before < 16 and max(scheduler.batches[batches_before:]) > 1
+  assert gen.calls - calls_before < 16 and max(list(scheduler.batches)[batches_before:]) > 1
 
 
 def test_real_sampler_end_to_end(tmp_path, tok):

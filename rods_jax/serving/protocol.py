@@ -231,7 +231,9 @@ def parse_request(body: bytes, cfg: ProtocolConfig) -> ChatRequest:
   if not isinstance(model, str):
     raise ProtocolError(400, "'model' must be a string")
   stream = payload.get("stream", False)
-  options = payload.get("stream_options") or {}
+  options = payload.get("stream_options", {})
+  if options is None:  # clients send null for "no options"
+    options = {}
   if not isinstance(stream, bool) or not isinstance(options, dict):
     raise ProtocolError(400, "'stream' must be a boolean and 'stream_options' an object")
   return ChatRequest(

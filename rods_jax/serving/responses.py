@@ -47,7 +47,7 @@ def split_tool_calls(text: str, tools: Sequence[dict], limits: parsing.Limits = 
                  "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
                 for c in parsed.calls)
   rest = _BLOCK_RE.sub("", text).strip()
-  return (rest or None), calls
+  return (rest if rest else None), calls  # OpenAI's content is null, not "", beside tool calls
 
 
 def make_choice(text: str, finish_reason: str, tools: Sequence[dict] | None, parse_tools: bool) -> Choice:

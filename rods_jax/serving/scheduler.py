@@ -89,7 +89,8 @@ class BatchScheduler:
     self._jobs: collections.deque[_Job] = collections.deque()
     self._cond = threading.Condition()
     self._closed = False
-    self.batches: list[int] = []  # requests per generator call, in order (observability and tests)
+    # requests per generator call, the most recent 1024 (observability and tests; bounded for a long-lived server)
+    self.batches: collections.deque[int] = collections.deque(maxlen=1024)
     self._thread = threading.Thread(target=self._run, name="serving-batcher", daemon=True)
     self._thread.start()
 
