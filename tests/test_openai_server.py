@@ -192,6 +192,10 @@ def test_real_sampler_end_to_end(tmp_path, tok):
     texts = [c.message.content for c in a.choices]
     assert texts == [c.message.content for c in b.choices] and len(a.choices) == 2  # same seed, same completions
     assert 0 < a.usage.completion_tokens <= 24 and a.usage.prompt_tokens > 10
+    streamed = list(client.chat.completions.create(**ask, stream=True))  # segment by segment, same completions
+    assert ["".join(c.choices[0].delta.content or "" for c in streamed if c.choices[0].index == i)
+            for i in range(2)] == texts
+    assert sum(bool(c.choices[0].delta.content) for c in streamed) > 2
     long = max(texts, key=len)
     assert len(long) >= 4, texts
     stop = long[2:4]  # a stop string cuts the same completion where it first occurs
