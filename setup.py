@@ -27,6 +27,8 @@ setup(
         "tqdm>=4.66",
         "jinja2>=3.1",
         "tensorboardX>=2.6",
+        "starlette>=1.10",  # the OpenAI-compatible server (rods_jax/serving)
+        "uvicorn>=0.55",
     ],
     extras_require={
         "test": [
@@ -37,6 +39,7 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "torch==2.13.0",
+            "openai>=3.60",  # the server's tests use the real client
         ],
     },
 )

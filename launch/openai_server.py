@@ -1,129 +1,75 @@
-"""A tiny OpenAI-compatible chat-completions server that answers with this project's own sampler.
+"""Serves a checkpoint over the OpenAI chat-completions API, with tool calling, as vLLM does for tool-calling models.
 
     python -m launch.openai_server --checkpoint_dir=/ckpt/qwen3-4b --port=8000
     # then: config.synthesis.backend="openai", config.synthesis.endpoint="http://127.0.0.1:8000/v1"
+    # or any OpenAI client: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")
 
-It serves ``POST /v1/chat/completions`` (non-streaming, n=1) and ``GET /v1/models``; the synthesis pipeline's
-OpenAI backend talks to it exactly as it would talk to vLLM. ``make_server(complete, ...)`` is importable so tests can
-serve any ``complete(messages) -> str`` in a thread. Request sampling parameters are accepted and ignored: decoding
-settings are fixed when the server starts (``--temperature``, ``--top_p``, ``--max_new_tokens``).
+``POST /v1/chat/completions`` (``tools``, ``tool_calls`` in and out, tool messages, ``n``, ``temperature``, ``top_p``,
+``max_tokens``, ``stop``, ``seed``, ``stream``) and ``GET /v1/models``, on starlette + uvicorn; concurrent requests
+are batched into this project's sampler (``rods_jax.serving``). ``--temperature`` / ``--top_p`` are the defaults of
+requests that omit them; ``--max_new_tokens`` is the default and the largest ``max_tokens``; a prompt may hold
+``--capacity`` - max_tokens tokens (longer: 400). ``build_server`` is importable (tests, notebooks).
 """
 from __future__ import annotations
 
-import http.server
-import json
-import threading
-import time
-import uuid
-from typing import Callable
-
-MAX_BODY_BYTES = 4 * 1024 * 1024
+from rods_jax.rollout.render import ChatRenderer
+from rods_jax.serving import app as app_lib
+from rods_jax.serving.generator import GeneratorConfig, SamplerGenerator
+from rods_jax.serving.protocol import ProtocolConfig
+from rods_jax.serving.scheduler import BatchScheduler, SchedulerConfig
 
 
-def _error(handler, code: int, message: str) -> None:
-  body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}}).encode()
-  handler.send_response(code)
-  handler.send_header("Content-Type", "application/json")
-  handler.send_header("Content-Length", str(len(body)))
-  handler.end_headers()
-  handler.wfile.write(body)
+def build_server(model, model_cfg, tokenizer, server_cfg: app_lib.ServerConfig, scheduler_cfg: SchedulerConfig,
+                 generator_cfg: GeneratorConfig, seed: int):
+  """(app, scheduler, generator) serving ``model`` with ``tokenizer``'s chat template; close the scheduler when done."""
+  _check_rows(server_cfg, scheduler_cfg)
+  generator = SamplerGenerator(model, model_cfg, tokenizer, generator_cfg, seed)
+  scheduler = BatchScheduler(generator, scheduler_cfg)
+  return app_lib.build_app(ChatRenderer(tokenizer), scheduler, server_cfg), scheduler, generator
 
 
-def _validate_messages(payload) -> list[dict] | str:
-  if not isinstance(payload, dict):
-    return "request body must be a JSON object"
-  messages = payload.get("messages")
-  if not isinstance(messages, list) or not messages:
-    return "'messages' must be a non-empty list"
-  out = []
-  for i, m in enumerate(messages):
-    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool"):
-      return f"messages[{i}] needs a role in system|user|assistant|tool"
-    if not isinstance(m.get("content"), str):
-      return f"messages[{i}].content must be a string"
-    out.append({"role": m["role"], "content": m["content"]})
-  return out
+def _check_rows(server_cfg: app_lib.ServerConfig, scheduler_cfg: SchedulerConfig) -> None:
+  if server_cfg.protocol.max_n > scheduler_cfg.max_batch_rows:
+    raise ValueError(f"max_n={server_cfg.protocol.max_n} must be <= max_batch_rows={scheduler_cfg.max_batch_rows}")
 
 
-def make_server(complete: Callable[[list[dict]], str], host: str = "127.0.0.1", port: int = 0,
-                model_name: str = "rods-jax") -> http.server.ThreadingHTTPServer:
-  """An HTTP server (not yet serving: call ``serve_forever``) answering chat completions with ``complete``."""
-
-  class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):  # quiet: the trainer's logs are elsewhere
-      del fmt, args
-
-    def do_GET(self):  # pylint: disable=invalid-name
-      if self.path.rstrip("/") != "/v1/models":
-        return _error(self, 404, f"no route {self.path}")
-      body = json.dumps({"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "rods_jax"}]})
-      self._send(200, body.encode())
-
-    def do_POST(self):  # pylint: disable=invalid-name
-      if self.path.rstrip("/") != "/v1/chat/completions":
-        return _error(self, 404, f"no route {self.path}")
-      try:
-        length = int(self.headers.get("Content-Length", "0"))
-      except ValueError:
-        return _error(self, 400, "bad Content-Length")
-      if length <= 0 or length > MAX_BODY_BYTES:
-        return _error(self, 413 if length > 0 else 400, f"body must be 1..{MAX_BODY_BYTES} bytes")
-      try:
-        payload = json.loads(self.rfile.read(length).decode("utf-8"))
-      except (ValueError, UnicodeDecodeError):
-        return _error(self, 400, "body is not valid JSON")
-      messages = _validate_messages(payload)
-      if isinstance(messages, str):
-        return _error(self, 400, messages)
-      if payload.get("stream"):
-        return _error(self, 400, "stream=true is not supported")
-      try:
-        text = complete(messages)
-      except Exception as e:  # pylint: disable=broad-except  (the server must keep serving)
-        return _error(self, 500, f"generation failed: {type(e).__name__}: {e}")
-      body = json.dumps({
-          "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-          "model": str(payload.get("model", model_name)),
-          "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-          "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}, ensure_ascii=False)
-      self._send(200, body.encode("utf-8"))
-
-    def _send(self, code: int, body: bytes) -> None:
-      self.send_response(code)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      self.end_headers()
-      self.wfile.write(body)
-
-  return http.server.ThreadingHTTPServer((host, port), Handler)
-
-
-def serve_in_thread(complete: Callable[[list[dict]], str], host: str = "127.0.0.1", port: int = 0,
-                    model_name: str = "rods-jax") -> tuple[http.server.ThreadingHTTPServer, str]:
-  """Starts ``make_server`` in a daemon thread; returns (server, base URL ``http://host:port/v1``)."""
-  server = make_server(complete, host, port, model_name)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  h, p = server.server_address[:2]
-  return server, f"http://{h}:{p}/v1"
+def configs_from_flags(f) -> tuple[app_lib.ServerConfig, SchedulerConfig, GeneratorConfig]:
+  protocol_cfg = ProtocolConfig(max_body_bytes=f.max_body_bytes, max_n=f.max_n, max_tokens=f.max_new_tokens,
+                                temperature=f.temperature, top_p=f.top_p)
+  server_cfg = app_lib.ServerConfig(model_name=f.model_name, capacity=f.capacity, read_timeout_s=f.read_timeout_s,
+                                    protocol=protocol_cfg)
+  scheduler_cfg = SchedulerConfig(max_queue=f.max_queue, batch_window_s=f.batch_window_ms / 1000.0,
+                                  max_batch_rows=f.max_batch_rows)
+  _check_rows(server_cfg, scheduler_cfg)
+  return server_cfg, scheduler_cfg, GeneratorConfig(segment_tokens=f.segment_tokens)
 
 
 def main(argv):
   del argv
+  import uvicorn  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from rods_jax.rods.synthesis.backends import sampler as sampler_backend  # pylint: disable=g-import-not-at-top
+  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if not f.checkpoint_dir:
     raise SystemExit("--checkpoint_dir is required (a local HF directory: config.json, safetensors, tokenizer)")
-  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
-  model, model_cfg = hf_loader.load_hf_checkpoint(f.checkpoint_dir)
-  tokenizer = hf_loader.load_tokenizer(f.checkpoint_dir)
-  chat = sampler_backend.SamplerChat(model, model_cfg, tokenizer, sampler_backend.SamplerChatConfig(
-      max_new_tokens=f.max_new_tokens, capacity=f.capacity, temperature=f.temperature, top_p=f.top_p), seed=f.seed)
-  server = make_server(chat, f.host, f.port, f.model_name)
-  print(f"serving {f.checkpoint_dir} at http://{f.host}:{server.server_address[1]}/v1", flush=True)
-  server.serve_forever()
+  try:
+    server_cfg, scheduler_cfg, generator_cfg = configs_from_flags(f)
+  except ValueError as e:
+    raise SystemExit(f"openai_server: {e}") from None
+  try:
+    model, model_cfg = hf_loader.load_hf_checkpoint(f.checkpoint_dir)
+    tokenizer = hf_loader.load_tokenizer(f.checkpoint_dir)
+  except (ValueError, OSError) as e:
+    raise SystemExit(f"openai_server: cannot load --checkpoint_dir={f.checkpoint_dir}: {e}") from None
+  app, scheduler, _ = build_server(model, model_cfg, tokenizer, server_cfg, scheduler_cfg, generator_cfg, f.seed)
+  config = app_lib.uvicorn_config(app, f.host, f.port, f.max_connections)
+  sock = config.bind_socket()  # bound here so that --port=0 can print the port it got
+  host, port = sock.getsockname()[:2]
+  print(f"serving {f.checkpoint_dir} as {f.model_name!r} at http://{host}:{port}/v1", flush=True)
+  try:
+    uvicorn.Server(config).run(sockets=[sock])
+  finally:
+    scheduler.close()
 
 
 if __name__ == "__main__":
@@ -132,9 +78,17 @@ if __name__ == "__main__":
   flags.DEFINE_string("host", "127.0.0.1", "bind address")
   flags.DEFINE_integer("port", 8000, "port (0 = any free port)")
   flags.DEFINE_string("model_name", "rods-jax", "model id reported by /v1/models")
-  flags.DEFINE_integer("max_new_tokens", 512, "tokens per completion")
-  flags.DEFINE_integer("capacity", 4096, "KV slots per request (prompt + completion)")
-  flags.DEFINE_float("temperature", 1.0, "sampling temperature (0 = greedy)")
-  flags.DEFINE_float("top_p", 0.7, "nucleus mass")
-  flags.DEFINE_integer("seed", 0, "PRNG seed")
+  flags.DEFINE_integer("max_new_tokens", 512, "default and largest max_tokens of a request")
+  flags.DEFINE_integer("capacity", 4096, "KV slots per choice: prompt + max_tokens must fit (longer prompts: 400)")
+  flags.DEFINE_float("temperature", 1.0, "sampling temperature of requests that omit it (0 = greedy)")
+  flags.DEFINE_float("top_p", 0.7, "nucleus mass of requests that omit it")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of requests without a seed")
+  flags.DEFINE_integer("max_n", 8, "choices per request at most")
+  flags.DEFINE_integer("max_queue", 256, "requests waiting at most; more get 503")
+  flags.DEFINE_float("batch_window_ms", 5.0, "how long a request waits for others to batch with")
+  flags.DEFINE_integer("max_batch_rows", 16, "choices decoded together at most (KV memory: rows x capacity)")
+  flags.DEFINE_integer("segment_tokens", 16, "tokens decoded between stop-string checks / streamed chunks")
+  flags.DEFINE_float("read_timeout_s", 30.0, "seconds a client has to send its headers (else closed) and its body (else 408)")
+  flags.DEFINE_integer("max_body_bytes", 2 << 20, "largest request body (else 413)")
+  flags.DEFINE_integer("max_connections", 1024, "open connections at most (uvicorn answers 503 beyond)")
   app.run(main)

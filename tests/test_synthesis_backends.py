@@ -1,5 +1,5 @@
 """Language backends: scripted LLM (well-formed → accepted; malformed → classified), OpenAI-compatible HTTP client
-against launch/openai_server.py (scripted and with a tiny random model through this project's sampler)."""
+against the OpenAI-compatible server (scripted and with a tiny random model through this project's sampler)."""
 import json
 import re
 
@@ -18,6 +18,12 @@ from rods_jax.rods.synthesis.backends.chat import ChatBackend
 from rods_jax.rods.synthesis.backends.openai import OpenAIBackend, OpenAIClientConfig, chat_completion
 from rods_jax.rods.synthesis.backends.template import TemplateBackend
 from rods_jax.rods.synthesis.pipeline import Synthesizer
+from rods_jax.rollout.render import ChatRenderer
+from rods_jax.serving.app import ServerConfig, build_app, serve_in_thread
+from rods_jax.serving.generator import GeneratorConfig
+from rods_jax.serving.protocol import ProtocolConfig
+from rods_jax.serving.scheduler import BatchScheduler, SchedulerConfig
+from server_factories import ScriptedGenerator, random_model
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +160,17 @@ def test_parse_verdict_details():
   assert prompts.parse_queries("<QUERY> a </query>\n<query>b</Query>", 2) == ("a", "b")
 
 
+def _scripted_server(tok):
+  scheduler = BatchScheduler(ScriptedGenerator(tok, lambda messages, tools, choice: scripted(list(messages))),
+                             SchedulerConfig())
+  cfg = ServerConfig(model_name="scripted", capacity=1 << 16, protocol=ProtocolConfig(max_tokens=512))
+  return serve_in_thread(build_app(ChatRenderer(tok), scheduler, cfg)), scheduler
+
+
 def test_openai_backend_over_http_with_scripted_server(bfcl):
   env, cfg, seeds = bfcl
-  server, url = openai_server.serve_in_thread(scripted)
+  handle, scheduler = _scripted_server(_tiny_tokenizer())
+  url = handle.url
   try:
     backend = OpenAIBackend(OpenAIClientConfig(endpoint=url, model="scripted", retries=0, timeout_s=10))
     synth = Synthesizer(env, backend, cfg)
@@ -168,8 +182,8 @@ def test_openai_backend_over_http_with_scripted_server(bfcl):
       chat_completion(bad, [{"role": "user", "content": "hi"}])
     assert e.value.kind == failures.BACKEND_ERROR
   finally:
-    server.shutdown()
-    server.server_close()
+    handle.close()
+    scheduler.close()
   dead = OpenAIBackend(OpenAIClientConfig(endpoint=url, model="x", retries=1, timeout_s=2))
   result = Synthesizer(env, dead, cfg).synthesize(seeds[0], np.random.default_rng(2))
   assert result.failure == failures.BACKEND_ERROR
@@ -207,20 +221,23 @@ def _tiny_tokenizer():
 
 
 def test_tiny_random_model_through_server_is_classified_not_crashed(bfcl):
-  from flax import nnx
-  from rods_jax.models import Transformer, get_preset
+  from rods_jax.models import get_preset
   from rods_jax.rods.synthesis.backends.sampler import SamplerBackend, SamplerChat, SamplerChatConfig
   env, cfg, seeds = bfcl
   tok = _tiny_tokenizer()
   mcfg = get_preset("lab_tiny", vocab_size=len(tok), hidden=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
                     mlp_dim=64)
-  model = Transformer(mcfg, rngs=nnx.Rngs(0))
+  model = random_model(mcfg)
   chat = SamplerChat(model, mcfg, tok, SamplerChatConfig(max_new_tokens=8, capacity=128, bucket=128), seed=0)
   text = chat([{"role": "user", "content": "hello"}])
   assert isinstance(text, str)
-  server, url = openai_server.serve_in_thread(chat)
+  app, scheduler, _ = openai_server.build_server(
+      model, mcfg, tok, ServerConfig(model_name="tiny", capacity=4096, protocol=ProtocolConfig(max_tokens=8)),
+      SchedulerConfig(), GeneratorConfig(bucket=1024, segment_tokens=8), seed=0)
+  handle = serve_in_thread(app)
   try:
-    backend = OpenAIBackend(OpenAIClientConfig(endpoint=url, model="tiny", retries=0, timeout_s=120))
+    backend = OpenAIBackend(OpenAIClientConfig(endpoint=handle.url, model="tiny", retries=0, timeout_s=120,
+                                               max_tokens=8))
     synth = Synthesizer(env, backend, cfg)
     result = synth.synthesize(seeds[0], np.random.default_rng(3))
     assert result.task is None
@@ -228,8 +245,8 @@ def test_tiny_random_model_through_server_is_classified_not_crashed(bfcl):
                               failures.QUERY_VERIFY_FAILED, failures.JUDGE_REJECTED), result.stage_log
     assert synth.stats.failures() == {result.failure: 1}
   finally:
-    server.shutdown()
-    server.server_close()
+    handle.close()
+    scheduler.close()
   direct = Synthesizer(env, SamplerBackend(chat), cfg).synthesize(seeds[0], np.random.default_rng(4))
   assert direct.task is None and direct.failure in failures.FAILURES
 

@@ -2,8 +2,8 @@
 
 ``SamplerChat`` turns chat messages into text with the tokenizer's chat template, prefills them into a fresh one-row
 KV cache and decodes with ``rods_jax.rollout.sampler`` until ``<|im_end|>`` / EOS or ``max_new_tokens``. It is the
-``complete`` function of a ``ChatBackend`` (prompts and parsing shared with the OpenAI backend) and of
-``launch/openai_server.py``, which serves it over HTTP.
+``complete`` function of a ``ChatBackend`` (prompts and parsing shared with the OpenAI backend), one request at a
+time in-process; ``launch/openai_server.py`` (``rods_jax/serving``) serves a checkpoint over HTTP with batching.
 """
 from __future__ import annotations
 
