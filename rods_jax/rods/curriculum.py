@@ -57,7 +57,7 @@ class Curriculum:
     primary: this host runs the synthesizer and writes the logs (multi-host: process 0).
     share: multi-host only: ``share(outcomes) -> outcomes``, the primary's drained outcomes on every host (a
       broadcast), so every host stages the same tasks at the same step and the pools stay identical.
-    group_size: K, the rollouts behind each observed r̄ (``config.rollout.k``); needed by ``rods.detector="posterior"``.
+    group_size: K, the rollouts behind each observed r̄ (``config.rollout.k``); ``rods.detector="posterior"`` needs it.
   """
 
   def __init__(self, seeds: Sequence[Task], rods_cfg, synthesis_cfg, workdir: str,
