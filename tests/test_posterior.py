@@ -173,7 +173,7 @@ def simulate(k, decay, strength, confidence, visits=10, gap=8, reps=20, conc=3.0
   with p > 0.95 or p < 0.2 still in the pool after ``visits`` epochs).
   """
   rng = np.random.default_rng(seed)
-  p = np.repeat(np.linspace(0.0, 1.0, 101), reps)
+  p = np.repeat(np.arange(101) / 100.0, reps)  # exact at the thresholds 0.2, 0.85, 0.95
   n = len(p)
   true_zone = posterior.zones(p, LO, HI)
   a, b = np.full(n, strength / 2), np.full(n, strength / 2)
