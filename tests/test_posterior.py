@@ -309,3 +309,60 @@ def test_checkpoint_round_trip_restores_the_posteriors_exactly(tmp_path):
   step_buf = ReplayBuffer(seeds, buffer_cfg(), str(tmp_path / "s.jsonl"))
   with pytest.raises(ValueError, match="config.rods.detector"):
     step_buf.load_state_dict(state)
+
+
+def no_variant_factory():
+  import types
+  return lambda seed, rng: types.SimpleNamespace(task=None, failure="none_needed")
+
+
+@pytest.mark.parametrize("detector,sent", [("step", ["s1", "s2", "s3"]), ("posterior", ["s0", "s1", "s2", "s3"])])
+def test_curriculum_selects_seeds_by_the_posterior_zone(tmp_path, detector, sent):
+  """Five steps at r̄ = 0.5, then one draw of 0.1: the step rule calls s0 hard; its posterior still says boundary."""
+  import ml_collections
+  from configs import base
+  from rods_jax.rods.curriculum import Curriculum
+  from rods_jax.rods.buffer import Sample
+  rods = base.get_config().rods
+  rods.detector, rods.seeds_per_step, rods.seeds_per_category, rods.cooldown_steps = detector, 4, 1, 1
+  syn = ml_collections.ConfigDict(dict(process=False, exchange_dir="", request_queue_size=16, result_queue_size=16))
+  seeds = [make_task(f"s{i}").replace(category=("base", "miss_func", "miss_param", "long_context")[i])
+           for i in range(4)]
+  cur = Curriculum(seeds, rods, syn, str(tmp_path), no_variant_factory, "synthesize", seed=0, group_size=8)
+  try:
+    sample = Sample(tasks=seeds, epoch=0, epoch_end=False, n_filler=0)
+    rng = np.random.default_rng(0)
+    for step in range(1, 7):
+      mean = np.array([0.1 if step == 6 else 0.5, 0.5, 0.45, 0.55])
+      var = rng.uniform(0.05, 0.2, size=4)
+      stats = GroupStats(mean=mean, var=var, phi=4 * mean * (1 - mean), zone=posterior.zones(mean, LO, HI),
+                         zero_std=np.zeros(4, bool))
+      m = cur.after_update(sample, stats, step)
+    assert [s.id for s in seeds if cur.selector.on_cooldown(s.id, 6)] == sent
+    assert m["synth/seeds_sent"] == len(sent)
+    assert ("posterior/zones/boundary" in m) == (detector == "posterior")
+    if detector == "posterior":
+      a, b, n = cur.buffer.posterior.get("s0")
+      assert n == 6 and LO <= a / (a + b) <= HI
+      assert cur.state_dict()["buffer"]["posterior"]["tasks"]["s0"]["a"] == a
+  finally:
+    cur.close()
+
+
+def test_config_validation_names_the_posterior_fields():
+  from configs import rods as rods_arm, rods_posterior
+  from rods_jax import config_validation
+  config_validation.validate(rods_posterior.get_config(), 1)
+  config_validation.validate(rods_posterior.get_config("paper"), 16)
+  for field, value, match in (("detector", "posterier", r"config\.rods\.detector='posterier' is not one of"),
+                              ("posterior_decay", 1.5, r"config\.rods\.posterior_decay=1\.5 must lie in \[0, 1\]"),
+                              ("posterior_prior_strength", -1.0, r"config\.rods\.posterior_prior_strength=-1\.0"),
+                              ("posterior_confidence", 2.0, r"config\.rods\.posterior_confidence=2\.0")):
+    c = rods_posterior.get_config()
+    c.rods[field] = value
+    with pytest.raises(ValueError, match=match):
+      config_validation.validate(c, 1)
+  c = rods_arm.get_config()
+  c.rods.detector = "posterior"  # the rods arm is the paper's rule
+  with pytest.raises(ValueError, match=r"config\.rods\.detector='posterior' contradicts config\.arm='rods'"):
+    config_validation.validate(c, 1)
