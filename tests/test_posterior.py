@@ -164,24 +164,26 @@ def test_metrics_count_zone_flips_and_contradicted_verdicts_of_both_rules():
   assert sum(m[f"posterior/zones/{z}"] for z in ("hard", "boundary", "mastered")) == pytest.approx(1.0)
 
 
-def simulate(k, decay, strength, confidence, visits=10, gap=8, reps=20, conc=3.0, seed=0):
+def simulate(k, decay, strength, confidence, visits=10, gap=8, reps=20, conc=3.0, seed=0, drift=0.0):
   """Synthetic tasks of known success rate p (a grid over [0, 1], ``reps`` each), visited once per epoch of ``gap``
   steps, K continuous rewards per visit ~ Beta(conc·p, conc·(1 − p)) (mean p: a noisy progress reward).
 
   Returns, per detector: the zone error rate over all visits, the wrong-removal rate (a task evicted or retired as
   unsolvable with p ≥ 0.2, or retired as mastered with p ≤ 0.95; per task) and the missed-retirement rate (a task
-  with p > 0.95 or p < 0.2 still in the pool after ``visits`` epochs).
+  with p > 0.95 or p < 0.2 still in the pool after ``visits`` epochs). ``drift``: every p rises by this much per epoch
+  (clipped at 1), a policy that improves; the truth is the current p.
   """
   rng = np.random.default_rng(seed)
-  p = np.repeat(np.arange(101) / 100.0, reps)  # exact at the thresholds 0.2, 0.85, 0.95
-  n = len(p)
-  true_zone = posterior.zones(p, LO, HI)
+  p0 = np.repeat(np.arange(101) / 100.0, reps)  # exact at the thresholds 0.2, 0.85, 0.95
+  n = len(p0)
   a, b = np.full(n, strength / 2), np.full(n, strength / 2)
   alive = {"step": np.ones(n, bool), "posterior": np.ones(n, bool)}
   wrong = {"step": np.zeros(n, bool), "posterior": np.zeros(n, bool)}
   zone_err = {"step": 0, "posterior": 0}
-  pc = np.clip(p, 1e-9, 1 - 1e-9)[:, None]
   for v in range(visits):
+    p = np.clip(p0 + drift * v, 0.0, 1.0)
+    true_zone = posterior.zones(p, LO, HI)
+    pc = np.clip(p, 1e-9, 1 - 1e-9)[:, None]
     r = np.where(p[:, None] == 0, 0.0, np.where(p[:, None] == 1, 1.0, rng.beta(conc * pc, conc * (1 - pc), (n, k))))
     rbar = r.mean(1)
     a, b = posterior.update(a, b, r.sum(1), k, decay, gap)
@@ -217,6 +219,11 @@ def test_calibration_posterior_detector_errs_less_than_the_one_step_rule(capsys)
   with capsys.disabled():
     print("\ncalibration (101 p values x 20 tasks, 10 epochs of 8 steps, rewards ~ Beta(3p, 3(1-p))):\n"
           + "\n".join(lines))
+  # A policy that moves faster than the default half-life makes the posterior lag (docs/METHOD_posterior.md):
+  # at +0.1 per epoch the default decay errs more than one step; a shorter memory (d = 0.8) errs less again.
+  moving = {d: simulate(8, d, 2.0, 0.9, drift=0.1) for d in (r.posterior_decay, 0.8)}
+  assert moving[r.posterior_decay]["posterior"]["zone_error"] > moving[0.8]["step"]["zone_error"]
+  assert moving[0.8]["posterior"]["zone_error"] < moving[0.8]["step"]["zone_error"]
   # Full forgetting and no confidence gate: the same numbers as the one-step rule on the same draws.
   out = simulate(8, 0.0, 0.0, 0.0)
   assert out["posterior"] == out["step"]
