@@ -236,7 +236,7 @@ def make_task(tid, parent=None, origin="seed"):
               lineage=Lineage(origin=origin, parent_id=parent, generation=0 if parent is None else 1, birth_step=0))
 
 
-def drive(buf, rng, steps, b=4, k=8, stage_every=2, tag=""):
+def drive(buf, rng, steps, b=4, stage_every=2, tag=""):
   """Noisy r̄ around a per-task rate, each task observed once per epoch (fillers not observed), variants staged from
   sampled tasks; returns the epoch reports and the posterior decision stats of every batch."""
   reports, decisions = [], []
