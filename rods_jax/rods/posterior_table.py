@@ -125,18 +125,18 @@ class PosteriorTable:
     step_burn_fail = rbar < c.burn_in_low
     n = self._counts
     if e["n_obs"] >= 2:
-      n["revisited_tasks"] += e["n_obs"] == 2
-      n["zone_flips"] += zone != e["zone"]
-      n["step_zone_flips"] += step_zone != e["step_zone"]
+      n["revisited_tasks"] += int(e["n_obs"] == 2)
+      n["zone_flips"] += int(zone != e["zone"])
+      n["step_zone_flips"] += int(step_zone != e["step_zone"])
       for prefix, new, old in (("", verdict, e["verdict"]), ("step_", step_verdict, e["step_verdict"])):
         if old != KEEP:  # a retirement verdict, checked by this later observation
           n[f"{prefix}retire_checked"] += 1
-          n[f"{prefix}retire_contradicted"] += new != old
+          n[f"{prefix}retire_contradicted"] += int(new != old)
       if generated and e["n_obs"] == 2:  # the burn-in verdict of the first observation, checked by the second
         for prefix, new, old in (("", burn_fail, e["burn_fail"]), ("step_", step_burn_fail, e["step_burn_fail"])):
           if old:
             n[f"{prefix}burn_in_checked"] += 1
-            n[f"{prefix}burn_in_contradicted"] += not new
+            n[f"{prefix}burn_in_contradicted"] += int(not new)
     e.update(zone=zone, step_zone=step_zone, verdict=verdict, step_verdict=step_verdict)
     if e["n_obs"] == 1:
       e.update(burn_fail=burn_fail, step_burn_fail=bool(step_burn_fail))
