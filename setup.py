@@ -18,6 +18,7 @@ setup(
         "tokenizers>=0.21",
         "safetensors>=0.4",
         "numpy>=1.26",
+        "scipy>=1.11",  # the posterior detector's regularized incomplete beta (jax needs scipy too)
         "ml-collections>=0.1.1",
         "tensorflow-datasets>=4.9.7",
         "importlib_resources>=6.0",  # tfds builders import it (code_path) when TensorFlow is absent
@@ -35,6 +36,7 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
+            "mpmath>=1.3",  # 50-digit references (tests/test_posterior.py)
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",

@@ -12,7 +12,12 @@ import ml_collections
 ARMS = types.MappingProxyType({
     # The method: boundary seeds -> skill-aligned synthesis -> dynamic buffer with burn-in and retirement.
     "rods": {"rods.synthesis": True, "rods.seed_selection": "boundary", "rods.retirement": True,
-             "rods.dynamic": True, "rods.dynamic_sampling": False, "env.error_hints": False},
+             "rods.dynamic": True, "rods.dynamic_sampling": False, "env.error_hints": False, "rods.detector": "step"},
+    # Beyond the paper: RODS whose zones, seed priority, burn-in and retirement read a per-task Beta posterior
+    # across steps (noise-aware) instead of one step's r̄ (rods_jax/rods/posterior_table.py).
+    "rods_posterior": {"rods.synthesis": True, "rods.seed_selection": "boundary", "rods.retirement": True,
+                       "rods.dynamic": True, "rods.dynamic_sampling": False, "env.error_hints": False,
+                       "rods.detector": "posterior"},
     # Static-data GRPO on the fixed seeds (the paper's "GRPO" row).
     "static": {"rods.synthesis": False, "rods.dynamic_sampling": False, "env.error_hints": False},
     # EnvTuning-style: uniform, structure-preserving perturbation of random seeds + actionable tool-error hints.

@@ -10,6 +10,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.arm = "rods"  # rods | static | env_augment | random_seed | no_retire | static_pool | dynamic_sampling | offline
+  #                | rods_posterior
   c.seed = 0
 
   # --- model (rods_jax/models) ---
@@ -149,6 +150,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.rods.static_pool_max_passes = 3  # static_pool: passes over the seeds (warm-up policy) collecting boundary seeds
   c.rods.static_pool_timeout_s = 600.0  # static_pool: how long training may wait for its one-off pool
   c.rods.seed_limit = 0  # use only the first N tasks of the seed split (0 = all): quick runs and tests
+  # Boundary detector: "step" = the paper (zone, φ, burn-in, retirement from one step's r̄); "posterior" = a Beta
+  # posterior per task across steps (rods_jax/rods/posterior_table.py; the rods_posterior arm).
+  c.rods.detector = "step"
+  c.rods.posterior_decay = 0.95  # evidence kept per training step (half-life 13.5 steps: a lab epoch is ~8-20)
+  c.rods.posterior_prior_strength = 2.0  # pseudo-rollouts of a task's prior (seeds: Beta(1, 1); variants: parent)
+  c.rods.posterior_confidence = 0.9  # burn-in / retirement need this posterior mass past the threshold
 
   # --- synthesis (rods_jax/rods/synthesis) ---
   c.synthesis = ml_collections.ConfigDict()

@@ -3,7 +3,8 @@
 python -m launch.sweep --sweep=configs/sweep_arms.py --workdir=runs/arms \
     --extra_args=--config.sft.init_checkpoint=<the shared warm-up checkpoint>
 """
-ARMS = ("static", "dynamic_sampling", "env_augment", "random_seed", "no_retire", "static_pool", "rods", "offline")
+ARMS = ("static", "dynamic_sampling", "env_augment", "random_seed", "no_retire", "static_pool", "rods", "offline",
+        "rods_posterior")
 
 
 def get_sweep() -> dict:

@@ -264,7 +264,7 @@ def warmup_row(runs: dict[str, dict], arms: dict[str, dict], runs_dir: str) -> d
 
 
 COMPARISONS = (("rods", "static"), ("rods", "dynamic_sampling"), ("rods", "env_augment"), ("rods", "offline"),
-               ("rods", "random_seed"), ("rods", "no_retire"), ("rods", "static_pool"))
+               ("rods", "random_seed"), ("rods", "no_retire"), ("rods", "static_pool"), ("rods_posterior", "rods"))
 
 
 def main(argv):

@@ -9,6 +9,10 @@ import numpy as np
 from rods_jax import metrics as metrics_lib
 
 
+# Arms beyond the paper get a fixed style, so they stay distinguishable when the colour cycle (10) wraps.
+ARM_STYLE = {"rods_posterior": {"color": "black", "linestyle": "--"}}
+
+
 def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: str) -> list[str]:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   os.makedirs(fig_dir, exist_ok=True)
@@ -34,7 +38,7 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
       xs = min((c[0] for c in curves), key=len)
       ys = np.stack([c[1][:len(xs)] for c in curves])
       ax.plot(xs, scale * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
-              linewidth=2.5 if arm in ("rods", "static") else 1.2)
+              linewidth=2.5 if arm in ("rods", "static", "rods_posterior") else 1.2, **ARM_STYLE.get(arm, {}))
     n_tasks = next((r.get("eval/n_tasks") for n in a["runs"] for r in runs[n]["records"] if "eval/n_tasks" in r),
                    n_tasks)
   axes[0].set_ylabel(f"held-out success (%), greedy, {n_tasks} toolworld test tasks")
@@ -50,7 +54,7 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
     if xs.size:
       w = max(1, xs.size // 20)
       ys = np.convolve(ys, np.ones(w) / w, mode="same")
-      ax.plot(xs, ys, label=arm)
+      ax.plot(xs, ys, label=arm, **ARM_STYLE.get(arm, {}))
   ax.set_ylabel("fraction of groups with zero reward variance")
   finish(ax)
   save(fig, "frac_zero_std.png")

@@ -69,7 +69,7 @@ def _check_names(c) -> None:
   from rods_jax import envs
   from rods_jax.models import presets
   from rods_jax.rl import advantages, losses
-  from rods_jax.rods import selector
+  from rods_jax.rods import posterior_table, selector
 
   _one_of("arm", c.arm, arms.ARMS)
   _one_of("model.preset", c.model.preset, presets.PRESETS)
@@ -85,6 +85,7 @@ def _check_names(c) -> None:
   _one_of("grpo.kl_estimator", c.grpo.kl_estimator, losses.KL_ESTIMATORS)
   _one_of("grpo.layout", c.grpo.layout, ("bucketed", "padded"))
   _one_of("rods.seed_selection", c.rods.seed_selection, selector.SELECTIONS)
+  _one_of("rods.detector", c.rods.detector, posterior_table.DETECTORS)
   _one_of("synthesis.backend", c.synthesis.backend, SYNTHESIS_BACKENDS)
 
 
@@ -138,6 +139,9 @@ def _check_ranges(c) -> None:
   _at_least("rods.stale_epochs", rods.stale_epochs, 1)
   _at_least("rods.static_pool_size", rods.static_pool_size, 0)
   _at_least("rods.dynamic_sampling_max_rounds", rods.dynamic_sampling_max_rounds, 1)
+  _in_unit("rods.posterior_decay", rods.posterior_decay)
+  _at_least("rods.posterior_prior_strength", rods.posterior_prior_strength, 0.0)
+  _in_unit("rods.posterior_confidence", rods.posterior_confidence)
   _at_least("synthesis.max_attempts", c.synthesis.max_attempts, 1)
   _at_least("synthesis.max_refinements", c.synthesis.max_refinements, 0)
   _in_unit("synthesis.profile_tolerance", c.synthesis.profile_tolerance)

@@ -10,7 +10,8 @@ import pytest
 from configs import arms, base, scales
 from rods_jax import config_validation
 
-ARM_NAMES = ("rods", "static", "env_augment", "random_seed", "no_retire", "static_pool", "dynamic_sampling", "offline")
+ARM_NAMES = ("rods", "static", "env_augment", "random_seed", "no_retire", "static_pool", "dynamic_sampling", "offline",
+             "rods_posterior")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

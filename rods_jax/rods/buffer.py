@@ -15,6 +15,10 @@ An epoch is one pass over the active pool in an order shuffled by the buffer's o
 appended to a JSONL log (flush + fsync) before they are staged; the log's byte offset is part of ``state_dict()``,
 and ``load_state_dict()`` re-stages whatever the log holds past that offset, so a crash between checkpoints loses
 no accepted task.
+
+With ``posterior_cfg`` (``config.rods.detector == "posterior"``), burn-in, retirement and the pruning order read the
+task's Beta posterior across steps instead of one r̄ (``rods_jax.rods.posterior_table``); its state is part of
+``state_dict()``.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 
 from rods_jax.envs.task import Task
+from rods_jax.rods.posterior_table import PosteriorConfig, PosteriorTable
 
 COUNTERS = ("requested", "executed", "accepted", "duplicates", "injected", "evicted", "retired_mastered",
             "retired_unsolvable", "retired_stale", "pruned")
@@ -98,9 +103,11 @@ class ReplayBuffer:
     rods_cfg: ``config.rods`` (or a BufferConfig).
     log_path: the append-only JSONL log of accepted candidates.
     seed: seeds the buffer's numpy RNG (epoch shuffles, filler draws).
+    posterior_cfg: the posterior detector's config; None = the paper's one-step rules.
   """
 
-  def __init__(self, seeds: Sequence[Task], rods_cfg, log_path: str, seed: int = 0):
+  def __init__(self, seeds: Sequence[Task], rods_cfg, log_path: str, seed: int = 0,
+               posterior_cfg: PosteriorConfig | None = None):
     self._cfg = rods_cfg if isinstance(rods_cfg, BufferConfig) else BufferConfig.from_rods(rods_cfg)
     if not seeds:
       raise ValueError("ReplayBuffer needs at least one seed task")
@@ -122,6 +129,7 @@ class ReplayBuffer:
     self._order: list[str] = []
     self._cursor = 0
     self._log_offset = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+    self.posterior = PosteriorTable(posterior_cfg, ids) if posterior_cfg is not None else None
     self._new_order()
 
   # ---------------------------------------------------------------- pool views
@@ -245,6 +253,8 @@ class ReplayBuffer:
       raise ValueError(f"observe: r̄ of task {task_id!r} must be in [0, 1], got {rbar}")
     hist = self._history.setdefault(task_id, [])
     hist.append([int(step), rbar])
+    if self.posterior is not None:
+      self.posterior.observe(task_id, rbar, int(step), self._epoch, generated=task_id in self._gen)
     if task_id in self._gen:
       self._gen_info[task_id]["last_seen_epoch"] = self._epoch
       return len(hist) == 1
@@ -289,6 +299,7 @@ class ReplayBuffer:
     for task in self._staged[:n_in]:
       self._gen[task.id] = task
       self._gen_info[task.id] = {"injected_epoch": 0, "last_seen_epoch": 0}
+      self._add_posterior(task)
     self._staged = self._staged[n_in:]
     self._counters["injected"] += len(injected)
     self._new_order()
@@ -308,7 +319,12 @@ class ReplayBuffer:
     evicted, mastered, unsolvable, stale = [], [], [], []
     for gid in list(self._gen):
       hist = self._history.get(gid, [])
-      if hist:
+      if hist and self.posterior is not None:
+        reason = self.posterior.lifecycle(gid, ended, cfg.retirement)
+        if reason is not None:
+          {"evicted": evicted, "retired_mastered": mastered, "retired_unsolvable": unsolvable}[reason].append(gid)
+          continue
+      elif hist:
         first, last = hist[0][1], hist[-1][1]
         if first < cfg.burn_in_low:
           evicted.append(gid)
@@ -330,6 +346,8 @@ class ReplayBuffer:
     if len(self._gen) > cfg.p_max:
       order = list(self._gen)  # oldest first
       def key(gid):
+        if self.posterior is not None:
+          return (self.posterior.priority(gid), order.index(gid))
         hist = self._history.get(gid, [])
         return (phi(hist[-1][1]) if hist else 1.0, order.index(gid))
       victims = sorted(order, key=key)[:len(self._gen) - cfg.p_max]
@@ -343,6 +361,7 @@ class ReplayBuffer:
     for task in self._staged[:n_in]:
       self._gen[task.id] = task
       self._gen_info[task.id] = {"injected_epoch": ended + 1, "last_seen_epoch": ended}
+      self._add_posterior(task)
       injected.append(task.id)
     self._staged = self._staged[n_in:]
     self._counters["injected"] += len(injected)
@@ -351,18 +370,24 @@ class ReplayBuffer:
     return EpochReport(epoch=ended, evicted=evicted, retired_mastered=mastered, retired_unsolvable=unsolvable,
                        retired_stale=stale, pruned=pruned, injected=injected, cap=cap, deferred=len(self._staged))
 
+  def _add_posterior(self, task: Task) -> None:
+    if self.posterior is not None:
+      self.posterior.add(task.id, task.lineage.parent_id)
+
   def _remove(self, gid: str, reason: str, epoch: int) -> None:
     task = self._gen.pop(gid)
     self._gen_info.pop(gid)
     self._removed[gid] = {"reason": reason, "epoch": epoch, "lineage": dataclasses.asdict(task.lineage),
                           "history": self._history.pop(gid, [])}
+    if self.posterior is not None:
+      self._removed[gid]["posterior"] = self.posterior.drop(gid)
     self._counters[reason] += 1
 
   # ---------------------------------------------------------------- state
   def state_dict(self) -> dict[str, Any]:
     """Everything needed to continue exactly (JSON-able). Staged candidates are stored with their bodies, so a
     restore reads only the log's part past ``log_offset``."""
-    return {
+    state = {
         "version": _STATE_VERSION,
         "seed_ids": list(self._seeds),
         "generated": [t.to_dict() for t in self._gen.values()],
@@ -377,6 +402,9 @@ class ReplayBuffer:
         "log_offset": self._log_offset,
         "rng": self._rng.bit_generator.state,
     }
+    if self.posterior is not None:
+      state["posterior"] = self.posterior.state_dict()
+    return state
 
   def load_state_dict(self, state: dict[str, Any]) -> list[str]:
     """Restores ``state_dict()`` exactly, then re-stages candidates logged after its ``log_offset``.
@@ -388,6 +416,9 @@ class ReplayBuffer:
     if list(state["seed_ids"]) != list(self._seeds):
       missing = sorted(set(state["seed_ids"]) ^ set(self._seeds))[:5]
       raise ValueError(f"buffer state was saved over different seeds (e.g. {missing}); same seed split expected")
+    if (self.posterior is None) != ("posterior" not in state):
+      raise ValueError("buffer state and this buffer disagree on config.rods.detector (a 'posterior' run has a "
+                       "'posterior' entry in its buffer state, a 'step' run none)")
     self._gen = {d["id"]: Task.from_dict(d) for d in state["generated"]}
     self._gen_info = {k: {"injected_epoch": int(v["injected_epoch"]), "last_seen_epoch": int(v["last_seen_epoch"])}
                       for k, v in state["generated_info"].items()}
@@ -402,6 +433,8 @@ class ReplayBuffer:
     self._rng = np.random.Generator(getattr(np.random, rng_state["bit_generator"])())
     self._rng.bit_generator.state = rng_state
     self._log_offset = int(state["log_offset"])
+    if self.posterior is not None:
+      self.posterior.load_state_dict(state["posterior"])
     return self._replay_log()
 
   def _replay_log(self) -> list[str]:

@@ -9,7 +9,9 @@ The loop calls, per step::
 
 The arm decides what happens (configuration, not code): ``rods.synthesis`` False = a static pool (no selection, no
 worker, epochs only reshuffle); ``rods.seed_selection`` = boundary | uniform; ``mode`` = "synthesize" | "perturb"
-(env_augment); ``rods.dynamic`` False = static_pool (the pool is built once by ``build_static_pool`` and frozen).
+(env_augment); ``rods.dynamic`` False = static_pool (the pool is built once by ``build_static_pool`` and frozen);
+``rods.detector`` = "step" (the paper: one step's r̄) | "posterior" (per-task Beta posterior across steps decides
+zones, seed priority, burn-in and retirement: ``rods_jax.rods.posterior_table``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np
 from rods_jax.envs.task import Lineage, Task
 from rods_jax.rods import observability
 from rods_jax.rods.buffer import ReplayBuffer, Sample
+from rods_jax.rods.posterior_table import DETECTORS, PosteriorConfig
 from rods_jax.rods.selector import SeedSelector
 from rods_jax.rods.queues import Outcome
 from rods_jax.rods.synth_process import SynthClient
@@ -54,12 +57,13 @@ class Curriculum:
     primary: this host runs the synthesizer and writes the logs (multi-host: process 0).
     share: multi-host only: ``share(outcomes) -> outcomes``, the primary's drained outcomes on every host (a
       broadcast), so every host stages the same tasks at the same step and the pools stay identical.
+    group_size: K, the rollouts behind each observed r̄ (``config.rollout.k``); ``rods.detector="posterior"`` needs it.
   """
 
   def __init__(self, seeds: Sequence[Task], rods_cfg, synthesis_cfg, workdir: str,
                synth_factory: Callable[[], Any] | None, mode: str, seed: int, *, primary: bool = True,
                share: Callable[[list[Outcome]], list[Outcome]] | None = None,
-               depth_fn: Callable[[Task], int | None] | None = None):
+               depth_fn: Callable[[Task], int | None] | None = None, group_size: int | None = None):
     self.synthesis = bool(rods_cfg.synthesis)
     self.dynamic = bool(rods_cfg.dynamic)
     if self.synthesis and synth_factory is None:
@@ -71,7 +75,12 @@ class Curriculum:
     # Every host keeps a buffer (identical decisions); only the primary's log is the crash log that matters, the
     # others keep their own copy so each host can restore from local disk.
     log_name = CANDIDATE_LOG if primary else f"{CANDIDATE_LOG}.host{jax_process_index()}"
-    self.buffer = ReplayBuffer(seeds, rods_cfg, os.path.join(workdir, log_name), seed=seed)
+    if rods_cfg.detector not in DETECTORS:
+      raise ValueError(f"config.rods.detector={rods_cfg.detector!r} not in {DETECTORS}")
+    if rods_cfg.detector == "posterior" and group_size is None:
+      raise ValueError("config.rods.detector='posterior' needs group_size (config.rollout.k)")
+    post_cfg = PosteriorConfig.from_rods(rods_cfg, group_size) if rods_cfg.detector == "posterior" else None
+    self.buffer = ReplayBuffer(seeds, rods_cfg, os.path.join(workdir, log_name), seed=seed, posterior_cfg=post_cfg)
     self.selector = SeedSelector(rods_cfg, seed=seed + 1)
     self.client = (SynthClient(synth_factory, synthesis_cfg, seed=seed + 2, mode=mode)
                    if self.synthesis and primary else None)
@@ -113,6 +122,8 @@ class Curriculum:
     if firsts:
       metrics["synth/first_rbar_mean"] = float(np.mean(firsts))
       metrics["synth/first_rbar_n"] = len(firsts)
+    if self.buffer.posterior is not None:
+      metrics.update(self.buffer.posterior.metrics(ids))
     metrics.update(self.exchange(ids, cats, stats, step))
     if sample.epoch_end:
       metrics.update(self.end_epoch(lifecycle, step))
@@ -132,6 +143,8 @@ class Curriculum:
       return out
     if not self.dynamic:  # static_pool: the one-off pool's funnel, nothing requested any more
       return observability.funnel_metrics(self.buffer.counters, self.failures)
+    if self.buffer.posterior is not None:  # zones and φ of the posterior, not of this one step
+      stats = self.buffer.posterior.decision_stats(ids, stats)
     seeds = self.selector.select(ids, cats, stats, step)  # same decision on every host
     self.buffer.count("requested", len(seeds))
     out["synth/seeds_sent"] = len(seeds)

@@ -154,7 +154,8 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
   multihost = jax.process_count() > 1
   cur = Curriculum(seeds, config.rods, config.synthesis, workdir, synth_factory if config.rods.synthesis else None,
                    synthesis_mode(config), seed=int(config.seed), primary=jax.process_index() == 0,
-                   share=broadcast_outcomes if multihost else None, depth_fn=profile_depth_fn(env))
+                   share=broadcast_outcomes if multihost else None, depth_fn=profile_depth_fn(env),
+                   group_size=int(config.rollout.k))
   writer = metrics_lib.MetricWriter(workdir, config.logging)
   rng = jax.random.key(int(config.seed))
   every = int(config.train.eval_every_trajectories)
