@@ -2,7 +2,7 @@ r"""Supervised warm-up of the lab model, once, shared by every experiment arm.
 
   python -m launch.warmup --config=configs/static.py --workdir=runs/warmup
 
-Builds the lab tokenizer and runs ``rods_jax.rl.sft.warm_up`` with zone-based checkpoint selection (DESIGN §5: the
+Builds the lab tokenizer and runs ``rods_jax.rl.sft.warm_up`` with zone-based checkpoint choice (docs/METHOD.md §10: the
 boundary is transient, so the checkpoint is picked by measured seed zone fractions, not a step count). Writes an HF
 directory to ``<workdir>/warmup`` that arms start from with ``--config.sft.init_checkpoint=<workdir>/warmup``, and
 prints the zone fractions measured at every evaluation.

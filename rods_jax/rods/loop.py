@@ -1,4 +1,4 @@
-"""The RODS trainer (DESIGN §3): one code path for every experiment arm.
+"""The RODS trainer (docs/METHOD.md §7-§8): one code path for every experiment arm.
 
     train(config, workdir)
 
