@@ -37,6 +37,7 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "torch==2.13.0",
+            "wandb>=0.31",  # the optional W&B writer (config.logging.wandb), tested offline
         ],
     },
 )

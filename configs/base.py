@@ -190,4 +190,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.logging.every_steps = 1
   c.logging.tensorboard = True
   c.logging.progress_bar = True
+  c.logging.wandb = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no account)
+  c.logging.wandb_project = "rods_jax"
   return c

@@ -46,7 +46,7 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
   fig = Figure(figsize=(7, 4))
   ax = fig.subplots()
   for arm, a in arms.items():
-    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "grpo/frac_zero_std")
+    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "zones/zero_std")
     if xs.size:
       w = max(1, xs.size // 20)
       ys = np.convolve(ys, np.ones(w) / w, mode="same")

@@ -13,10 +13,13 @@ from typing import Any, Mapping, Sequence
 import jax
 from absl import logging
 
-# The headline of a GRPO step (key in the step's metrics -> label), in display order; missing keys are skipped.
-GRPO_HEADLINE = (("reward/mean", "R"), ("rollout/success", "succ"), ("grpo/frac_zero_std", "zero_std"),
-                 ("zones/boundary", "bound"), ("pool/size", "pool"), ("grpo/kl", "kl"), ("time/step", "s/step"))
-SFT_HEADLINE = (("loss", "loss"), ("token_prob", "p_tok"), ("time/step", "s/step"))
+from rods_jax import metric_names
+
+# The headline of a GRPO step (public metric name -> label), in display order; missing keys are skipped.
+GRPO_HEADLINE = (("critic/score/mean", "R"), ("rollout/success", "succ"), ("zones/zero_std", "zero_std"),
+                 ("zones/boundary", "bound"), ("pool/size", "pool"), ("actor/kl_loss", "kl"),
+                 ("timing_s/step", "s/step"))
+SFT_HEADLINE = (("loss", "loss"), ("token_prob", "p_tok"), ("timing_s/step", "s/step"))
 
 
 def headline(metrics: Mapping[str, Any], keys: Sequence[tuple[str, str]]) -> str:
@@ -52,7 +55,7 @@ class Progress:
     """After step ``step``: ``done`` units completed so far, ``metrics`` the step's metrics."""
     if not self._primary:
       return
-    line = headline(metrics, self._keys)
+    line = headline(metric_names.to_public(metrics), self._keys)  # the names the logs use; a skipped step: no kl
     if self._bar is not None:
       self._bar.n = int(done)
       self._bar.set_postfix_str(line, refresh=False)

@@ -14,7 +14,7 @@ def _cfg(progress_bar: bool, every_steps: int) -> ml_collections.ConfigDict:
 
 
 def test_headline_formats_present_keys_in_order():
-  m = {"rollout/success": 0.123456, "reward/mean": 0.5, "pool/size": 64, "other": 1.0}
+  m = {"rollout/success": 0.123456, "critic/score/mean": 0.5, "pool/size": 64, "other": 1.0}
   assert console.headline(m, console.GRPO_HEADLINE) == "R=0.5 succ=0.123 pool=64"
   assert console.headline({}, console.GRPO_HEADLINE) == ""
 
