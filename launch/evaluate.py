@@ -148,6 +148,8 @@ def run(fv: flags.FlagValues):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rods_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_libraries(logging.get_verbosity())  # Orbax/JAX INFO only with --verbosity=1
   run(flags.FLAGS)
 
 

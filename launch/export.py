@@ -99,6 +99,8 @@ def export(workdir: str, out: str, step: int | None = None, dtype: str | None = 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rods_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_libraries(logging.get_verbosity())  # Orbax/JAX INFO only with --verbosity=1
   fv = flags.FLAGS
   distributed.initialize_from_flags(fv)
   source = export(fv.workdir, fv.out, None if fv.step < 0 else fv.step, fv.dtype if fv.dtype else None)

@@ -340,3 +340,23 @@ def plot_pool_composition(records: Sequence[Mapping[str, Any]], out_path: str | 
   if not keys:
     raise ValueError(f"no {prefix!r} keys in the records")
   return _stacked(records, keys, x, out_path, "tasks in the active pool", "pool composition", missing=0.0)
+
+
+RUN_PLOTS = ("learning_curve.png", "zones.png", "pool_composition.png")
+
+
+def plot_run(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, name: str
+             ) -> tuple[list[str], dict[str, str]]:
+  """A run's held-out learning curve, zone fractions and pool composition as ``RUN_PLOTS`` in ``out_dir``.
+
+  Returns (written paths, {plot: why it was not drawn}) — e.g. a short run has no evaluation yet, a static arm no
+  pool parts to stack."""
+  written, skipped = [], {}
+  for fname, fn in zip(RUN_PLOTS, (lambda p: plot_learning_curves({name: records}, p),
+                                   lambda p: plot_zone_fractions(records, p),
+                                   lambda p: plot_pool_composition(records, p))):
+    try:
+      written.append(fn(os.path.join(os.fspath(out_dir), fname)))
+    except ValueError as e:  # nothing to draw (the message names what is missing)
+      skipped[fname] = str(e)
+  return written, skipped
