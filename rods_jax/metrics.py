@@ -3,7 +3,7 @@
 Files under a run's workdir:
 
 * ``metrics.jsonl`` — one JSON object per ``MetricWriter.write`` call: ``{"step", "wall_time", <metric>: value, ...,
-  "time/<phase>": seconds}``. Non-finite values are written as ``null`` (strict JSON). Appended to, so a resumed run
+  "timing_s/<phase>": seconds}``. Non-finite values are written as ``null`` (strict JSON). Appended to, so a resumed run
   continues the same file; ``read_jsonl`` drops the lines a restart superseded.
 * ``tensorboard/`` — event files (tensorboardX), one scalar series per metric key against the step, and the same
   under ``vs_trajectories/<key>`` against trajectories consumed.
@@ -124,7 +124,8 @@ class MetricWriter:
     return os.path.join(self._workdir, JSONL_NAME)
 
   def write(self, step: int, metrics: Mapping[str, Any], timings: Mapping[str, float] | None = None) -> None:
-    """Logs ``metrics`` (scalars: Python, numpy or 0-d/size-1 jax arrays) and ``timings`` as ``time/<phase>``."""
+    """Logs ``metrics`` (scalars: Python, numpy or 0-d/size-1 jax arrays) and ``timings`` (as ``time/<phase>``, public
+    ``timing_s/<phase>``)."""
     values: dict[str, Any] = {}
     for key, value in metrics.items():
       if key in ("step", "wall_time"):
