@@ -42,6 +42,7 @@ setup(
             "ipykernel>=6.29",
             "torch==2.13.0",
             "openai>=3.60",  # the server's tests use the real client
+            "wandb>=0.31",  # the optional W&B writer (config.logging.wandb), tested offline
         ],
     },
 )

@@ -2,7 +2,7 @@
 
 ``configs/<arm>.py`` applies these on top of ``base``; ``rods_jax.config_validation.validate`` checks that a config
 named ``arm=X`` still has X's defining values (e.g. ``--config.rods.synthesis=True`` on the static arm is an error).
-Fields not listed are free (thresholds, sizes, the P_max sweep, ...). DESIGN.md §1 and issue 5 item 5 define the arms.
+Fields not listed are free (thresholds, sizes, the P_max sweep, ...). docs/METHOD.md §9 describes the arms.
 """
 import types
 

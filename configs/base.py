@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.env.max_calls_per_message = 4
   c.env.max_message_chars = 2048
   c.env.error_hints = False  # EnvTuning-style actionable hints in tool error messages (env_augment arm)
-  c.env.max_list_items = 5  # parser: items per list argument (DESIGN §1 critique rule)
+  c.env.max_list_items = 5  # parser: items per list argument (docs/METHOD.md §5 critique rule)
   c.env.max_depth = 3  # parser: nesting of lists/objects inside one argument value
   c.env.cache_dir = ""  # toolworld split cache; "" = $RODS_JAX_CACHE or ~/.cache/rods_jax
   # bfcl (rods_jax/envs/bfcl): live-parser limits sized to BFCL's ground truth (its longest string argument is 6,813
@@ -120,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft.weight_decay = 0.01
   c.sft.seq_len = 512
   c.sft.eval_every = 50
-  c.sft.select_by_zones = True  # keep the checkpoint with the largest seed boundary fraction (DESIGN §5)
+  c.sft.select_by_zones = True  # keep the checkpoint with the largest seed boundary fraction (docs/METHOD.md §10)
   c.sft.init_checkpoint = ""  # start GRPO from this warm-up checkpoint directory instead of running SFT
   c.sft.grad_clip = 1.0  # global-norm clip of the warm-up (lab prototype: 1.0)
   c.sft.rerandomize = True  # toolworld: re-draw each seed's world every time it is sampled (anti-memorisation, §5)
@@ -204,4 +204,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.logging.every_steps = 1
   c.logging.tensorboard = True
   c.logging.progress_bar = True
+  c.logging.wandb = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline needs no account)
+  c.logging.wandb_project = "rods_jax"
   return c

@@ -22,8 +22,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
                                   lock_config=False, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Run directory (its checkpoints/, tokenizer/, warmup/ are used).",
                       flag_values=fv)
-  flags.DEFINE_string("checkpoint_dir", "", "Evaluate this HF-layout directory instead of the run's own "
-                      "checkpoints.", flag_values=fv)
+  flags.DEFINE_string("checkpoint_dir", "", "Evaluate this HF-layout directory (weights + its own tokenizer) "
+                      "instead of the run's own checkpoints.", flag_values=fv)
   flags.DEFINE_integer("step", -1, "Run checkpoint step (-1 = latest).", flag_values=fv)
   flags.DEFINE_integer("k", 0, "Rollouts per task (1 = greedy, > 1 = sampled; 0 = config.train.eval_k).",
                        flag_values=fv)
@@ -55,23 +55,37 @@ class Policy(NamedTuple):
   mesh: Any  # the config's mesh (the engine spreads its rollout rows over it)
 
 
+def checkpoint_tokenizer(checkpoint_dir: str):
+  """The tokenizer saved in the HF directory ``checkpoint_dir``; an error when it has none (a tokenizer taken from
+  elsewhere could silently have another vocabulary)."""
+  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
+  if not any(os.path.exists(os.path.join(checkpoint_dir, f)) for f in ("tokenizer.json", "tokenizer_config.json")):
+    raise ValueError(f"--checkpoint_dir={checkpoint_dir}: no tokenizer files (tokenizer.json / "
+                     f"tokenizer_config.json) next to the weights; write them with `python -m launch.export`")
+  return hf_loader.load_tokenizer(checkpoint_dir)
+
+
 def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None = None) -> Policy:
-  """The policy to evaluate: ``checkpoint_dir`` (HF layout), else the run's checkpoint ``step`` (None = latest),
-  else the model the run starts from (its warm-up, ``sft.init_checkpoint`` or the config's model)."""
+  """The policy to evaluate: ``checkpoint_dir`` (HF layout, with its own tokenizer), else the run's checkpoint
+  ``step`` (None = latest), else the model the run starts from (its warm-up, ``sft.init_checkpoint`` or the config's
+  model). A tokenizer with more tokens than the model's vocabulary is an error."""
   import jax
   from flax import nnx
 
   from rods_jax import checkpoint, config_validation, sharding
+  from rods_jax.models import hf_loader
   from rods_jax.rods import loop
 
   config_validation.validate(config, jax.device_count())
   mesh = sharding.make_mesh(config.mesh)
-  tokenizer = loop.build_tokenizer(config, workdir)
+  # An HF directory is one source of truth: its weights and its own tokenizer (the config's model is not used).
+  tokenizer = (checkpoint_tokenizer(checkpoint_dir) if checkpoint_dir else loop.build_tokenizer(config, workdir))
   warmup = os.path.join(workdir, loop.WARMUP_DIR)
   # The architecture (and, for an HF directory, the weights) comes from the same place the run started from.
   init_dir = checkpoint_dir or config.sft.init_checkpoint or (
       warmup if os.path.exists(os.path.join(warmup, "config.json")) else "")
   model, model_cfg = loop.build_model(config, tokenizer, mesh, init_dir)
+  hf_loader.check_vocab(tokenizer, model_cfg, checkpoint_dir or init_dir or "the config's model")
   graphdef, params = nnx.split(sharding.shard_model(model, mesh))
   if checkpoint_dir:
     return Policy(graphdef, params, model_cfg, tokenizer, os.path.basename(os.path.normpath(checkpoint_dir)), mesh)
@@ -134,6 +148,8 @@ def run(fv: flags.FlagValues):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rods_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_libraries(logging.get_verbosity())  # Orbax/JAX INFO only with --verbosity=1
   run(flags.FLAGS)
 
 

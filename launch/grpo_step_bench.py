@@ -84,9 +84,9 @@ def time_variant(config, workdir: str, warmup: int, repeats: int) -> dict[str, A
   return {"step_s": statistics.median(times), "steps_s": times,
           "mean_len": float(np.mean([r["rollout/length"] for r in timed])),
           "max_len": int(max(r["rollout/length_max"] for r in timed)),
-          "update_s": phase("time/update"),
-          "rollout_s": phase("time/rollout_wait" if config.train.overlap else "time/rollout"),
-          "token_slots": phase("grpo/token_slots"), "staleness": phase("train/staleness")}
+          "update_s": phase("timing_s/update_actor"),
+          "rollout_s": phase("timing_s/rollout_wait" if config.train.overlap else "timing_s/gen"),
+          "token_slots": phase("actor/token_slots"), "staleness": phase("train/staleness")}
 
 
 def grpo_step_benchmark(base_config, warm_dir: str, rows_list: tuple[int, ...], *, k: int, warmup: int,

@@ -75,14 +75,9 @@ def main(argv):
   with open(evals[-1]) as f:
     after = json.load(f)
   records = metrics_lib.load_run(workdir)
-  plots = []
-  for name, fn in (("learning_curve.png", lambda p: metrics_lib.plot_learning_curves({config.arm: records}, p)),
-                   ("zones.png", lambda p: metrics_lib.plot_zone_fractions(records, p)),
-                   ("pool_composition.png", lambda p: metrics_lib.plot_pool_composition(records, p))):
-    try:
-      plots.append(fn(os.path.join(workdir, name)))
-    except ValueError as e:  # e.g. no synthesized task injected yet in a very short run
-      print(f"(plot {name} skipped: {e})")
+  plots, skipped = metrics_lib.plot_run(records, workdir, config.arm)
+  for name, why in skipped.items():  # e.g. no synthesized task injected yet in a very short run
+    print(f"(plot {name} skipped: {why})")
   last = next((r for r in reversed(records) if 'pool/size' in r), {})
   print()
   print(f"rods_jax quick start: arm={config.arm}, {state.step} GRPO steps, {state.trajectories} trajectories, "

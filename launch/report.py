@@ -19,6 +19,7 @@ import numpy as np
 
 from launch.report_figures import figures
 from launch.report_tables import fill_markers, tables, warmup_calibration
+from rods_jax import metric_names
 from rods_jax import metrics as metrics_lib
 
 FLAGS = flags.FLAGS
@@ -27,10 +28,10 @@ flags.DEFINE_string("runs_dir", "docs/runs", "Compact run logs.")
 flags.DEFINE_string("docs", "docs", "Where results.json, results_tables.md and figures/ go.")
 flags.DEFINE_string("benchmarks", "docs/benchmarks", "Benchmark JSON files to include (launch.benchmark --out).")
 
-KEEP = re.compile(r"^(step|trajectories|reward/mean|rollout/success|grpo/frac_zero_std|grpo/kl|grpo/entropy|"
+KEEP = re.compile(r"^(step|trajectories|critic/score/mean|rollout/success|actor/kl_loss|actor/entropy|"
                   r"zones/(hard|boundary|mastered|zero_std|var_hard|var_boundary|var_mastered)|pool/(size|seeds|"
                   r"generated|staged|origin/.*)|synth/(requested|executed|accepted|injected|evicted|retired.*|pruned|"
-                  r"first_rbar_mean|first_rbar_n)|train/distinct_tasks|eval/.*|time/(rollout|update))$")
+                  r"first_rbar_mean|first_rbar_n)|train/distinct_tasks|eval/.*|timing_s/(gen|update_actor))$")
 ARM_OF = re.compile(r"^(.*)_s(\d+)$")
 
 
@@ -114,8 +115,8 @@ def load(runs_dir: str) -> dict[str, dict]:
     path = os.path.join(runs_dir, name, "metrics.jsonl.gz")
     if not os.path.exists(path):
       continue
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-      recs = [json.loads(line) for line in f if line.strip()]
+    with gzip.open(path, "rt", encoding="utf-8") as f:  # logs of any age, read under today's metric names
+      recs = [metric_names.to_public(json.loads(line)) for line in f if line.strip()]
     ev_path = os.path.join(runs_dir, name, "events.jsonl.gz")
     events = []
     if os.path.exists(ev_path):

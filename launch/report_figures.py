@@ -9,14 +9,27 @@ import numpy as np
 from rods_jax import metrics as metrics_lib
 
 
-# Arms beyond the paper get a fixed style, so they stay distinguishable when the colour cycle (10) wraps.
-ARM_STYLE = {"rods_posterior": {"color": "black", "linestyle": "--"}}
+def arm_colors(names) -> dict[str, tuple]:
+  """A distinct colour per arm: tab10 for up to 10, tab20 for up to 20 (matplotlib's default cycle repeats after 10,
+  so the 11th arm took the 1st arm's blue), evenly spaced hues beyond."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  names = list(names)
+  if len(names) <= 20:
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {n: cmap(i) for i, n in enumerate(names)}
+  cmap = colormaps["hsv"]
+  return {n: cmap(i / len(names)) for i, n in enumerate(names)}
+
+
+# Arms beyond the paper also get a line style, so they stand out from the paper's arms.
+ARM_STYLE = {"rods_posterior": {"linestyle": "--"}}
 
 
 def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: str) -> list[str]:
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   os.makedirs(fig_dir, exist_ok=True)
   made = []
+  color = arm_colors(arms)
 
   def save(fig, name):
     p = os.path.join(fig_dir, name)
@@ -37,7 +50,7 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
       curves = [metrics_lib.series(runs[n]["records"], key) for n in a["runs"]]
       xs = min((c[0] for c in curves), key=len)
       ys = np.stack([c[1][:len(xs)] for c in curves])
-      ax.plot(xs, scale * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})",
+      ax.plot(xs, scale * ys.mean(0), marker="o", markersize=3, label=f"{arm} (n={len(ys)})", color=color[arm],
               linewidth=2.5 if arm in ("rods", "static", "rods_posterior") else 1.2, **ARM_STYLE.get(arm, {}))
     n_tasks = next((r.get("eval/n_tasks") for n in a["runs"] for r in runs[n]["records"] if "eval/n_tasks" in r),
                    n_tasks)
@@ -50,11 +63,11 @@ def figures(runs: dict[str, dict], arms: dict[str, dict], mech: dict, fig_dir: s
   fig = Figure(figsize=(7, 4))
   ax = fig.subplots()
   for arm, a in arms.items():
-    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "grpo/frac_zero_std")
+    xs, ys = metrics_lib.series(runs[a["runs"][0]]["records"], "zones/zero_std")
     if xs.size:
       w = max(1, xs.size // 20)
       ys = np.convolve(ys, np.ones(w) / w, mode="same")
-      ax.plot(xs, ys, label=arm, **ARM_STYLE.get(arm, {}))
+      ax.plot(xs, ys, label=arm, color=color[arm], **ARM_STYLE.get(arm, {}))
   ax.set_ylabel("fraction of groups with zero reward variance")
   finish(ax)
   save(fig, "frac_zero_std.png")

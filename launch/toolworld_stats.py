@@ -1,4 +1,4 @@
-"""Histograms of a toolworld split next to BFCL multi-turn's (reference/bfcl_env.md §4.2, multi_turn_base).
+"""Histograms of a toolworld split next to BFCL multi-turn's (multi_turn_base).
 
   python -m launch.toolworld_stats                    # the seed split
   python -m launch.toolworld_stats --split=test --json_out=runs/toolworld_test_stats.json
@@ -21,8 +21,8 @@ _SPLIT = flags.DEFINE_enum("split", "seeds", ["seeds", "test", "offline"], "tool
 _CACHE_DIR = flags.DEFINE_string("cache_dir", "", "Split cache directory (default: config.env.cache_dir rules).")
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Also write the statistics as JSON here.")
 
-# reference/bfcl_env.md §4.2 (multi_turn_base, 200 tasks): turns {1:3, 2:40, 3:50, 4:50, 5:43, 6:12, 7:2},
-# mean 3.67; depth {1:65, 2:92, 3:37, 4:6}, mean 1.92. miss_func / miss_param add one turn.
+# BFCL multi_turn_base (200 tasks): turns {1:3, 2:40, 3:50, 4:50, 5:43, 6:12, 7:2}, mean 3.67; depth (the
+# parameter-flow heuristic of rods_jax.envs.profile) {1:65, 2:92, 3:37, 4:6}, mean 1.92. miss_* add one turn.
 BFCL_BASE = {"turns": {1: 3, 2: 40, 3: 50, 4: 50, 5: 43, 6: 12, 7: 2}, "mean_turns": 3.67,
              "depth": {1: 65, 2: 92, 3: 37, 4: 6}, "mean_depth": 1.92}
 

@@ -67,12 +67,30 @@ def run(fv: flags.FlagValues):
     raise RuntimeError(f"checkpoint layout changed: loop uses {loop.CHECKPOINT_DIR!r}")
   state = loop.train(config, workdir, max_steps=fv.max_steps if fv.max_steps > 0 else None)
   logging.info("finished at step %d, %d trajectories", state.step, state.trajectories)
+  write_plots(config, workdir)
   return state
+
+
+def write_plots(config, workdir: str) -> list[str]:
+  """Process 0: the run's learning curve, zones and pool composition PNGs (rods_jax.metrics.plot_run) in workdir."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from rods_jax import metrics  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return []
+  written, skipped = metrics.plot_run(metrics.load_run(workdir), workdir, str(config.arm))
+  for path in written:
+    logging.info("wrote %s", path)
+  for name, why in skipped.items():
+    logging.info("plot %s not drawn: %s", name, why)
+  return written
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from rods_jax import console  # pylint: disable=g-import-not-at-top
+  console.quiet_libraries(logging.get_verbosity())  # Orbax/JAX INFO only with --verbosity=1
   run(flags.FLAGS)
 
 

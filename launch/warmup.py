@@ -2,7 +2,7 @@ r"""Supervised warm-up of the lab model, once, shared by every experiment arm.
 
   python -m launch.warmup --config=configs/static.py --workdir=runs/warmup
 
-Builds the lab tokenizer and runs ``rods_jax.rl.sft.warm_up`` with zone-based checkpoint selection (DESIGN §5: the
+Builds the lab tokenizer and runs ``rods_jax.rl.sft.warm_up`` with zone-based checkpoint choice (docs/METHOD.md §10: the
 boundary is transient, so the checkpoint is picked by measured seed zone fractions, not a step count). Writes an HF
 directory to ``<workdir>/warmup`` that arms start from with ``--config.sft.init_checkpoint=<workdir>/warmup``, and
 prints the zone fractions measured at every evaluation.
@@ -10,7 +10,7 @@ prints the zone fractions measured at every evaluation.
 import json
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (its sft/rollout/env sections are used).")
@@ -24,7 +24,8 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
 
-  from rods_jax import config_validation, envs, host_memory, sharding  # pylint: disable=g-import-not-at-top
+  from rods_jax import config_validation, console, envs, host_memory, sharding  # pylint: disable=g-import-not-at-top
+  console.quiet_libraries(logging.get_verbosity())  # Orbax/JAX INFO only with --verbosity=1
   from rods_jax.rods import loop  # pylint: disable=g-import-not-at-top
 
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)

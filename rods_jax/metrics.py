@@ -3,11 +3,15 @@
 Files under a run's workdir:
 
 * ``metrics.jsonl`` — one JSON object per ``MetricWriter.write`` call: ``{"step", "wall_time", <metric>: value, ...,
-  "time/<phase>": seconds}``. Non-finite values are written as ``null`` (strict JSON). Appended to, so a resumed run
+  "timing_s/<phase>": seconds}``. Non-finite values are written as ``null`` (strict JSON). Appended to, so a resumed run
   continues the same file; ``read_jsonl`` drops the lines a restart superseded.
-* ``tensorboard/`` — event files (tensorboardX), one scalar series per metric key.
+* ``tensorboard/`` — event files (tensorboardX), one scalar series per metric key against the step, and the same
+  under ``vs_trajectories/<key>`` against trajectories consumed.
+* ``wandb/`` — with ``config.logging.wandb``, a Weights & Biases run (x-axis: trajectories).
 
-Only process 0 writes (multi-host). Key conventions the plots rely on (producers: the loop, detector, buffer, eval):
+Keys are written under their public names (verl's where verl has the value: ``actor/entropy``, ``critic/score/mean``,
+``response_length/mean``, ``timing_s/gen``, ...; ``rods_jax.metric_names``, docs/METRICS.md). Only process 0 writes
+(multi-host). Key conventions the plots rely on (producers: the loop, detector, buffer, eval):
 
 * ``trajectories`` — trajectories consumed so far, the x-axis of every curve (``X_AXIS``).
 * ``zones/hard``, ``zones/boundary``, ``zones/mastered`` — fractions of the step's tasks per zone (``ZONE_KEYS``).
@@ -21,6 +25,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -30,12 +35,15 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
+from rods_jax import metric_names
+
 X_AXIS = "trajectories"
 ZONE_KEYS = ("zones/hard", "zones/boundary", "zones/mastered")
 POOL_PREFIX = "pool/origin/"
 TIME_PREFIX = "time/"
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+TB_TRAJECTORY_PREFIX = "vs_trajectories/"  # TensorBoard: the same scalars with trajectories as the step
 
 
 def _scalar(key: str, value: Any) -> float | int | bool | None:
@@ -84,14 +92,18 @@ class PhaseTimer:
 
 
 class MetricWriter:
-  """Writes every metric of a step to ``<workdir>/metrics.jsonl`` and (optionally) TensorBoard."""
+  """Writes every metric of a step, under its public name (``rods_jax.metric_names``), to ``<workdir>/metrics.jsonl``
+  and optionally TensorBoard (each scalar against the step, and under ``vs_trajectories/`` against trajectories
+  consumed) and Weights & Biases."""
 
   def __init__(self, workdir: str | os.PathLike, cfg: ml_collections.ConfigDict, *, is_primary: bool | None = None):
-    """``cfg`` is ``config.logging`` (reads ``tensorboard``). ``is_primary`` defaults to ``jax.process_index() == 0``."""
+    """``cfg`` is ``config.logging`` (reads ``tensorboard``, ``wandb``, ``wandb_project``). ``is_primary`` defaults to
+    ``jax.process_index() == 0``."""
     self._primary = jax.process_index() == 0 if is_primary is None else is_primary
     self._workdir = os.fspath(workdir)
     self._jsonl = None
     self._tb = None
+    self._wandb = None
     if not self._primary:
       return
     os.makedirs(self._workdir, exist_ok=True)
@@ -99,28 +111,46 @@ class MetricWriter:
     if cfg.tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: it pulls in protobuf
       self._tb = SummaryWriter(logdir=os.path.join(self._workdir, TENSORBOARD_DIR), flush_secs=30)
+    if cfg.wandb:
+      self._wandb = wandb_run(self._workdir, str(cfg.wandb_project))
+
+  @property
+  def wandb_run(self):
+    """The Weights & Biases run (None without ``logging.wandb`` or off process 0)."""
+    return self._wandb
 
   @property
   def jsonl_path(self) -> str:
     return os.path.join(self._workdir, JSONL_NAME)
 
   def write(self, step: int, metrics: Mapping[str, Any], timings: Mapping[str, float] | None = None) -> None:
-    """Logs ``metrics`` (scalars: Python, numpy or 0-d/size-1 jax arrays) and ``timings`` as ``time/<phase>``."""
-    record: dict[str, Any] = {"step": int(step), "wall_time": time.time()}
+    """Logs ``metrics`` (scalars: Python, numpy or 0-d/size-1 jax arrays) and ``timings`` (as ``time/<phase>``, public
+    ``timing_s/<phase>``)."""
+    values: dict[str, Any] = {}
     for key, value in metrics.items():
       if key in ("step", "wall_time"):
         raise ValueError(f"metric key {key!r} is reserved")
-      record[key] = _scalar(key, value)
+      values[key] = _scalar(key, value)
     for phase, seconds in (timings or {}).items():
-      record[TIME_PREFIX + phase] = _scalar(TIME_PREFIX + phase, seconds)
+      values[TIME_PREFIX + phase] = _scalar(TIME_PREFIX + phase, seconds)
+    record: dict[str, Any] = {"step": int(step), "wall_time": time.time(), **metric_names.to_public(values)}
     if not self._primary:
       return
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
+    scalars = {k: float(v) for k, v in record.items() if k not in ("step", "wall_time") and v is not None}
     if self._tb is not None:
-      for key, value in record.items():
-        if key not in ("step", "wall_time") and value is not None:
-          self._tb.add_scalar(key, float(value), global_step=int(step), walltime=record["wall_time"])
+      for key, value in scalars.items():
+        self._tb.add_scalar(key, value, global_step=int(step), walltime=record["wall_time"])
+      if record.get(X_AXIS) is not None:
+        for key, value in scalars.items():
+          if key != X_AXIS:
+            self._tb.add_scalar(TB_TRAJECTORY_PREFIX + key, value, global_step=int(record[X_AXIS]),
+                                walltime=record["wall_time"])
+    if self._wandb is not None:
+      # W&B's own step counts calls (a resumed run re-logs steps, which its monotonic step would drop); the
+      # charts use trajectories (wandb_run), and the step is a field.
+      self._wandb.log({"step": int(step), **scalars})
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     """Saves the run's full config as ``config.json`` (and as TensorBoard text) for provenance."""
@@ -131,6 +161,8 @@ class MetricWriter:
       f.write(text + "\n")
     if self._tb is not None:
       self._tb.add_text("config", "```\n" + text + "\n```", global_step=0)
+    if self._wandb is not None:
+      self._wandb.config.update(json.loads(text), allow_val_change=True)
 
   def flush(self) -> None:
     if self._jsonl is not None:
@@ -145,6 +177,9 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
   def __enter__(self) -> MetricWriter:
     return self
@@ -153,13 +188,29 @@ class MetricWriter:
     self.close()
 
 
+def wandb_run(workdir: str, project: str):
+  """A Weights & Biases run for ``workdir`` (its id is the workdir's name, so a resumed run continues it), with
+  trajectories consumed as the x-axis of every chart. WANDB_MODE=offline writes it under ``<workdir>/wandb``."""
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top  (optional: only runs that ask for it need it)
+  except ImportError as e:
+    raise ImportError("config.logging.wandb=True needs the wandb package: pip install wandb") from e
+  name = os.path.basename(os.path.abspath(workdir))
+  run = wandb.init(project=project, name=name, id=re.sub(r"[^A-Za-z0-9_-]", "-", name), dir=workdir,
+                   resume="allow", reinit="create_new")
+  run.define_metric(X_AXIS)
+  run.define_metric("*", step_metric=X_AXIS)
+  return run
+
+
 def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> list[dict[str, Any]]:
   """Records of a metrics file, in order; a malformed line raises ValueError naming its line number.
 
   A resumed run re-logs steps after its last checkpoint. With ``resolve_restarts``, a record whose step is lower than
   the previous record's marks a restart, and the earlier records with step >= that step are dropped (the resumed run
   superseded them; if the resumed run's first record shares the checkpoint's step, e.g. an evaluation, the original
-  record of that step goes too). A truncated last line (crash mid-write) is skipped.
+  record of that step goes too). A truncated last line (crash mid-write) is skipped. Keys come back under their
+  public names (``metric_names.to_public``), also from logs written under the old ones.
   """
   records: list[dict[str, Any]] = []
   with open(path, encoding="utf-8") as f:
@@ -175,6 +226,7 @@ def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> lis
       raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
     if not isinstance(record, dict) or "step" not in record:
       raise ValueError(f"{path}:{number}: expected an object with a 'step' key")
+    record = metric_names.to_public(record)  # logs written before the renaming read under today's names
     if resolve_restarts and records and record["step"] < records[-1]["step"]:
       records = [r for r in records if r["step"] < record["step"]]
     records.append(record)
@@ -289,3 +341,23 @@ def plot_pool_composition(records: Sequence[Mapping[str, Any]], out_path: str | 
   if not keys:
     raise ValueError(f"no {prefix!r} keys in the records")
   return _stacked(records, keys, x, out_path, "tasks in the active pool", "pool composition", missing=0.0)
+
+
+RUN_PLOTS = ("learning_curve.png", "zones.png", "pool_composition.png")
+
+
+def plot_run(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, name: str
+             ) -> tuple[list[str], dict[str, str]]:
+  """A run's held-out learning curve, zone fractions and pool composition as ``RUN_PLOTS`` in ``out_dir``.
+
+  Returns (written paths, {plot: why it was not drawn}) — e.g. a short run has no evaluation yet, a static arm no
+  pool parts to stack."""
+  written, skipped = [], {}
+  for fname, fn in zip(RUN_PLOTS, (lambda p: plot_learning_curves({name: records}, p),
+                                   lambda p: plot_zone_fractions(records, p),
+                                   lambda p: plot_pool_composition(records, p))):
+    try:
+      written.append(fn(os.path.join(os.fspath(out_dir), fname)))
+    except ValueError as e:  # nothing to draw (the message names what is missing)
+      skipped[fname] = str(e)
+  return written, skipped

@@ -36,7 +36,7 @@ def test_group_statistics_matches_numpy_reference(b, k):
 
 
 def test_zone_thresholds_are_inclusive_for_the_boundary():
-  # r̄ exactly at α⁻ and α⁺ is boundary; just outside is hard / mastered (DESIGN §1).
+  # r̄ exactly at α⁻ and α⁺ is boundary; just outside is hard / mastered (docs/METHOD.md §2).
   rewards = np.array([[0.2, 0.2], [0.85, 0.85], [0.1999, 0.1999], [0.8501, 0.8501], [0.0, 1.0]], np.float32)
   stats = detector.group_statistics(jnp.asarray(rewards), np.float32(0.2), np.float32(0.85), 1e-6)
   np.testing.assert_array_equal(np.asarray(stats.zone), [1, 1, 0, 2, 1])

@@ -193,3 +193,33 @@ def test_load_straight_onto_mesh(exported):
   assert sharded.layers[0].mlp.down[...].sharding.spec == P("tensor", "fsdp")
   for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(sharded))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_safetensors_files_agree_with_the_library_bf16_included(tmp_path):
+  """save_tensors writes what safetensors' own numpy reader (lazy get_slice) and torch read back, bf16 included;
+  open_tensors' memory-mapped views equal them; a damaged file fails with a message naming it."""
+  torch = pytest.importorskip("torch")
+  from safetensors import safe_open
+  from safetensors.torch import load_file
+  rng = np.random.default_rng(21)
+  tensors = {"w": rng.normal(size=(5, 7)).astype(ml_dtypes.bfloat16), "b": rng.normal(size=(7,)).astype(np.float32),
+             "t": rng.normal(size=(6, 5)).astype(ml_dtypes.bfloat16).T, "i": rng.integers(0, 9, (3,)).astype(np.int32)}
+  path = str(tmp_path / "x.safetensors")
+  save_tensors(tensors, path, metadata={"format": "pt"})
+  mine = open_tensors(path)
+  with safe_open(path, framework="numpy") as f:
+    assert sorted(f.keys()) == sorted(tensors) and f.metadata() == {"format": "pt"}
+    for name, want in tensors.items():
+      part = f.get_slice(name)[1:3]
+      assert part.dtype == want.dtype and np.array_equal(part, want[1:3]), name
+      assert np.array_equal(mine[name], want) and mine[name].dtype == want.dtype, name
+  via_torch = load_file(path)
+  assert via_torch["w"].dtype == torch.bfloat16
+  np.testing.assert_array_equal(via_torch["w"].float().numpy(), tensors["w"].astype(np.float32))
+  with open(path, "rb") as f:
+    data = f.read()
+  bad = str(tmp_path / "bad.safetensors")
+  with open(bad, "wb") as f:
+    f.write(data[:len(data) - 9])  # data section cut short
+  with pytest.raises(ValueError, match="bad.safetensors: not a valid safetensors file"):
+    open_tensors(bad)

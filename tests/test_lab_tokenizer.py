@@ -138,7 +138,7 @@ def test_rollout_renderer_accepts_template(tok):
 
 
 def test_trajectories_are_compact(tok, env, seeds):
-  """DESIGN/issue: a typical 3-turn toolworld trajectory is at most 256 lab tokens."""
+  """The lab budget: a typical 3-turn toolworld trajectory is at most 256 lab tokens."""
   template = lt.compile_template()
   lens = [len(enc(tok, lt.conversation_text(t, env, template))) for t in seeds
           if t.num_turns == 3 and t.category != "long_context"]

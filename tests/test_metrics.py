@@ -18,6 +18,7 @@ def _cfg(tensorboard=True):
   c.every_steps = 1
   c.tensorboard = tensorboard
   c.progress_bar = False
+  c.wandb = False
   return c
 
 
@@ -59,15 +60,15 @@ def test_jsonl_and_tensorboard_round_trip(tmp_path):
   assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
   events = _read_events(tmp_path / metrics_lib.TENSORBOARD_DIR)
   for step, (record, (m, timings)) in enumerate(zip(records, written), start=1):
-    assert record["reward/mean"] == m["reward/mean"]
+    assert record["critic/score/mean"] == m["reward/mean"]  # written under its public name (metric_names)
     assert record["loss"] == float(m["loss"])  # float32 -> exact in float64
     assert record["kl"] == float(m["kl"])
     assert record["n_calls"] == m["n_calls"] and isinstance(record["n_calls"], int)
     assert record["frac_zero_std"] == float(m["frac_zero_std"][0])
-    assert record["time/rollout"] == timings["rollout"]
+    assert record["timing_s/gen"] == timings["rollout"]
     assert record["wall_time"] > 1e9
-    assert events[("reward/mean", step)] == pytest.approx(m["reward/mean"], rel=1e-6)  # TB stores float32
-    assert events[("time/update", step)] == pytest.approx(timings["update"], rel=1e-6)
+    assert events[("critic/score/mean", step)] == pytest.approx(m["reward/mean"], rel=1e-6)  # TB stores float32
+    assert events[("timing_s/update_actor", step)] == pytest.approx(timings["update"], rel=1e-6)
 
 
 def test_nonfinite_and_bad_values(tmp_path):

@@ -142,7 +142,7 @@ def test_similarity_properties():
 
 
 def test_profile_on_bfcl_matches_reference_statistics():
-  """Φ works for BFCL through the same env interface; base depths match reference/bfcl_env.md §4.2
+  """Φ works for BFCL through the same env interface; base depths match the counts of launch/toolworld_stats.py
   ({1: 65, 2: 92, 3: 37, 4: 6}, same heuristic up to token-boundary details) and base_108 has depth 4."""
   bfcl_data = pytest.importorskip("rods_jax.envs.bfcl.data")
   env = make_env("bfcl", get_config().env)

@@ -18,7 +18,7 @@ def env_and_seeds():
   cfg = base.get_config()
   env = make_env("toolworld", cfg.env)
   seeds = env.load_tasks("seeds")
-  # Boundary-like mix: 25 per category, deepest / longest first (DESIGN §5: the boundary lives in 3-4 turn,
+  # Boundary-like mix: 25 per category, deepest / longest first (docs/METHOD.md §10: the boundary lives in 3-4 turn,
   # depth 3-4 tasks), then the rest so every depth and turn count is represented.
   picked = []
   for cat in CATEGORIES:

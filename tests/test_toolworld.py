@@ -33,7 +33,7 @@ def test_split(env):
 
 
 def reference_score(env, task, calls_per_turn):
-  """Independent reference of DESIGN §1 on raw ToolWorld objects (no parser, no TurnEpisode)."""
+  """Independent reference of docs/METHOD.md §1 on raw ToolWorld objects (no parser, no TurnEpisode)."""
   lc = bool(task.meta.get("long_context"))
   model, gt = tw_world.ToolWorld(task.initial_state, lc), tw_world.ToolWorld(task.initial_state, lc)
   cumulative, passes = [], []

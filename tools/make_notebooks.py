@@ -52,10 +52,10 @@ evals = [r for r in records if "eval/success" in r]
 for r in evals:
   print(f"trajectories {r['trajectories']:6d}  held-out success {100 * r['eval/success']:5.1f}%  "
         f"mean R_P {r['eval/progress']:.3f}")
-train = [r for r in records if "reward/mean" in r]
-print(f"{len(train)} GRPO steps; last reward mean {train[-1]['reward/mean']:.3f}")"""),
+train = [r for r in records if "critic/score/mean" in r]
+print(f"{len(train)} GRPO steps; last reward mean {train[-1]['critic/score/mean']:.3f}")"""),
     ("code", """import matplotlib.pyplot as plt
-xs, ys = metrics_lib.series(records, "reward/mean")
+xs, ys = metrics_lib.series(records, "critic/score/mean")
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 axes[0].plot(xs, ys, marker="o")
 axes[0].set(xlabel="trajectories", ylabel="mean R_P of the rollouts", title="reward")

@@ -1,9 +1,9 @@
-"""Structural profile Φ of a task, computed from its EXECUTED ground truth (DESIGN.md §1), for any environment.
+"""Structural profile Φ of a task, computed from its EXECUTED ground truth (docs/METHOD.md §4), for any environment.
 
 Φ holds: the functions called per user turn (in order) and their API classes (the API topology); the parameter-flow
 DAG; its longest chain (dependency depth, 1 = no flow); the number of turns; the category; the number of cross-turn edges.
 
-Parameter flow (the heuristic of reference/bfcl_env.md §4.1): call j depends on an earlier call i iff some argument
+Parameter flow (a heuristic over values and text): call j depends on an earlier call i iff some argument
 value v of j (a string of length >= 2 or a number with |v| >= 10; leaves of lists/dicts too) does not occur in the user
 text of turns 0..turn(j), and occurs in the output of call i; the edge goes from the EARLIEST such i. "Occurs" is a
 whole-token match (not preceded/followed by a letter, digit or '_'), so F1 does not occur in F12.

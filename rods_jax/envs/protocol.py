@@ -4,7 +4,7 @@ An environment supplies three things per task: a ``World`` factory (the live, st
 tool schemas offered at each turn, and the task data. ``TurnEpisode`` does everything else, identically for every
 environment: parse an assistant message (``parsing.parse_assistant``), execute the valid calls on the model's world,
 and when a user turn closes, execute that turn's ground truth on a separate GT world and run the per-turn checks of
-DESIGN.md §1 (``reward.turn_checks``). Episodes hold only their own worlds and counters: no module state, cheap to
+docs/METHOD.md §1 (``reward.turn_checks``). Episodes hold only their own worlds and counters: no module state, cheap to
 create, safe to run hundreds at once.
 """
 from __future__ import annotations

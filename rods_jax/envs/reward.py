@@ -1,4 +1,4 @@
-"""Per-turn checks and the progress reward (DESIGN.md §1), as pure functions over plain Python values."""
+"""Per-turn checks and the progress reward (docs/METHOD.md §1), as pure functions over plain Python values."""
 from __future__ import annotations
 
 from collections import Counter

@@ -277,3 +277,11 @@ def load_tokenizer(path: str):
   if not os.path.isdir(path):
     raise ValueError(f"load_tokenizer: {path!r} is not a directory")
   return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def check_vocab(tokenizer, cfg: ModelConfig, source: str) -> None:
+  """A tokenizer with ids the model has no embedding row for is an error (such a pair scores silently wrong). The
+  model's vocabulary may be larger (HF checkpoints pad it)."""
+  if len(tokenizer) > cfg.vocab_size:
+    raise ValueError(f"{source}: the tokenizer has {len(tokenizer)} tokens but the model's vocabulary is "
+                     f"{cfg.vocab_size}; use the tokenizer saved with these weights")

@@ -12,7 +12,7 @@ _LLAMA3_ROPE = (("factor", 8.0), ("high_freq_factor", 4.0), ("low_freq_factor", 
 
 PRESETS: dict[str, dict] = {
     # CPU lab: ~1M non-embedding params, Qwen3-style (q/k norm, GQA, tied embeddings). d=128 x 4 layers is the size the
-    # feasibility prototype measured (DESIGN §5); vocab comes from the lab tokenizer (pass vocab_size=...).
+    # feasibility prototype measured (docs/METHOD.md §10); vocab comes from the lab tokenizer (pass vocab_size=...).
     "lab_tiny": dict(vocab_size=1024, hidden=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=512,
                      rope_theta=10_000.0, norm_eps=1e-6, qk_norm=True, qkv_bias=False, tie_embeddings=True,
                      architecture="qwen3", max_position_embeddings=4096),

@@ -1,9 +1,16 @@
-"""Minimal memory-mapped safetensors reader/writer on numpy (bfloat16 via ml_dtypes).
+"""safetensors files on numpy: writing and validation by the ``safetensors`` library, reading as memory-mapped views.
 
-The `safetensors` numpy backend cannot represent bfloat16, and going through torch/flax would copy every tensor onto
-one device first. The format is an 8-byte little-endian header length, a JSON header
-{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the raw little-endian bytes; so a
-tensor is a zero-copy view of an `np.memmap` and each host slices only the part its devices need.
+Writing is ``safetensors.numpy.save_file`` (bfloat16 included, through ml_dtypes), into a temporary file renamed into
+place, so a crash never leaves a half-written checkpoint. The library also validates every file read
+(``safe_open``: header, dtypes, offsets that tile the data section).
+
+Reading keeps one thing of its own: ``open_tensors`` returns each tensor as a zero-copy view of an ``np.memmap``. The
+HF -> NNX layout change (``hf_loader.to_nnx_layout``: reshape, then transpose) stays a view of that, so each host
+copies only the slice its devices hold out of the NNX-layout index. The library's lazy reader
+(``safe_open(...).get_slice(name)[a:b]``, which does return bfloat16) slices the on-disk HF layout and copies what it
+returns, so a device's slice of a transposed, head-split weight would have to be mapped back to HF coordinates by
+hand. The format: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} (plus
+``__metadata__``), then the raw little-endian bytes.
 """
 from __future__ import annotations
 
@@ -24,14 +31,15 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def read_header(path: str) -> tuple[dict, int]:
-  """(header dict without __metadata__, byte offset of the data section)."""
+  """(header dict without __metadata__, byte offset of the data section); the file is validated by the library."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
+  try:
+    with safe_open(path, framework="numpy"):
+      pass
+  except (SafetensorError, OSError) as e:
+    raise ValueError(f"{path}: not a valid safetensors file ({e})") from e
   with open(path, "rb") as f:
-    raw = f.read(8)
-    if len(raw) != 8:
-      raise ValueError(f"{path}: not a safetensors file (truncated header)")
-    (n,) = struct.unpack("<Q", raw)
-    if n > 100_000_000:
-      raise ValueError(f"{path}: not a safetensors file (header length {n})")
+    (n,) = struct.unpack("<Q", f.read(8))
     header = json.loads(f.read(n))
   header.pop("__metadata__", None)
   return header, 8 + n
@@ -46,32 +54,19 @@ def open_tensors(path: str) -> dict[str, np.ndarray]:
     if info["dtype"] not in _DTYPES:
       raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
     begin, end = info["data_offsets"]
-    dtype = _DTYPES[info["dtype"]]
-    shape = tuple(info["shape"])
-    if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-      raise ValueError(f"{path}: tensor {name!r} byte range does not match shape {shape} {info['dtype']}")
-    out[name] = mm[start + begin:start + end].view(dtype).reshape(shape)
+    out[name] = mm[start + begin:start + end].view(_DTYPES[info["dtype"]]).reshape(tuple(info["shape"]))
   return out
 
 
 def save_tensors(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str] | None = None) -> None:
-  """Writes `tensors` (C-contiguous copies are made as needed) to one .safetensors file."""
-  header, offset, arrays = {}, 0, []
-  for name in sorted(tensors):
-    arr = np.ascontiguousarray(tensors[name])
+  """Writes ``tensors`` (C-contiguous copies are made as needed) to one .safetensors file, atomically."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  arrays = {}
+  for name, value in tensors.items():
+    arr = np.ascontiguousarray(value)
     if arr.dtype not in _NAMES:
       raise ValueError(f"save_tensors: tensor {name!r} has unsupported dtype {arr.dtype}")
-    header[name] = {"dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
-                    "data_offsets": [offset, offset + arr.nbytes]}
-    offset += arr.nbytes
-    arrays.append(arr)
-  header["__metadata__"] = dict(metadata if metadata is not None else {"format": "pt"})
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)  # data section 8-byte aligned
+    arrays[name] = arr
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for arr in arrays:
-      f.write(arr.tobytes())
+  save_file(arrays, tmp, metadata=dict(metadata if metadata is not None else {"format": "pt"}))
   os.replace(tmp, path)

@@ -8,7 +8,7 @@ negative log-likelihood of the mask-1 tokens, so SFT trains exactly the tokens G
 
 Pieces (each usable alone): ``render_gold`` (one task -> ids + mask), ``pad_batch``, the jitted ``sft_step``,
 ``SFTTrainer`` (thin state holder), ``run_sft`` (the loop, with an evaluation callback that picks the checkpoint), and
-``warm_up`` (the CPU-lab recipe: toolworld seeds re-randomised per sample — DESIGN §5 — and selection by seed zones).
+``warm_up`` (the CPU-lab recipe: toolworld seeds re-randomised per sample, selection by seed zones: docs/METHOD.md §10).
 """
 from __future__ import annotations
 
@@ -237,7 +237,7 @@ def run_sft(trainer: SFTTrainer, batch_fn: Callable[[int], SFTBatch], steps: int
 
 
 def zone_score(fractions: dict[str, float]) -> float:
-  """Checkpoint score from seed zone fractions (DESIGN §5): the boundary fraction, among checkpoints that still
+  """Checkpoint score from seed zone fractions (docs/METHOD.md §10): the boundary fraction, among checkpoints that still
   have hard AND mastered tasks; any other checkpoint ranks below them (boundary − 1)."""
   both = fractions["hard"] > 0 and fractions["mastered"] > 0
   return fractions["boundary"] if both else fractions["boundary"] - 1.0

@@ -1,7 +1,7 @@
-"""Dynamic replay buffer: the active task pool of RODS (DESIGN §1, rods_paper §3.4-3.5).
+"""Dynamic replay buffer: the active task pool of RODS (docs/METHOD.md §6).
 
 The active pool is the protected seeds plus at most ``P_max`` generated tasks. The pool changes ONLY in
-``end_epoch()``, which runs the lifecycle of §3.5 in this order:
+``end_epoch()``, which runs the lifecycle of docs/METHOD.md §6 in this order:
 
   1. burn-in   : a generated task whose FIRST observed r̄ < burn_in_low is evicted;
   2. retirement: (if enabled) latest r̄ > retire_high -> mastered; latest r̄ < retire_low -> unsolvable;

@@ -1,4 +1,4 @@
-"""The RODS trainer (DESIGN §3): one code path for every experiment arm.
+"""The RODS trainer (docs/METHOD.md §7-§8): one code path for every experiment arm.
 
     train(config, workdir)
 
@@ -91,12 +91,15 @@ def rollout_step(parts: Parts, sample: Sample, rng: jax.Array, params):
 
 def rollout_metrics(batch) -> dict[str, float]:
   r = np.asarray(batch.rewards, np.float64)
-  return {"reward/mean": float(r.mean()), "reward/std": float(r.std()),
-          "rollout/success": float(np.asarray(batch.success).mean()),
+  sampled = np.sum(np.asarray(batch.loss_mask, bool), axis=1)  # policy-sampled tokens per trajectory
+  return {"reward/mean": float(r.mean()), "reward/std": float(r.std()), "reward/max": float(r.max()),
+          "reward/min": float(r.min()), "rollout/success": float(np.asarray(batch.success).mean()),
           "rollout/n_calls": float(np.mean(batch.n_calls)), "rollout/n_errors": float(np.mean(batch.n_errors)),
           "rollout/parse_errors": float(np.mean(batch.n_parse_errors)),
           "rollout/truncated": float(np.mean(batch.truncated)), "rollout/length": float(np.mean(batch.lengths)),
           "rollout/length_max": float(np.max(batch.lengths)),
+          "rollout/response_tokens_mean": float(sampled.mean()), "rollout/response_tokens_max": float(sampled.max()),
+          "rollout/response_tokens_min": float(sampled.min()),
           "rollout/sampled_tokens": float(batch.stats.get("sampled_tokens", 0))}
 
 

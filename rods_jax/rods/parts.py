@@ -1,4 +1,4 @@
-"""The parts of a RODS run (DESIGN §3): ``build`` makes them from a config (validated first), and ``save`` /
+"""The parts of a RODS run (docs/METHOD.md §7-§8): ``build`` makes them from a config (validated first), and ``save`` /
 ``restore`` checkpoint them (learner arrays, JAX key, loop counters, curriculum). ``rods.loop`` drives them."""
 from __future__ import annotations
 

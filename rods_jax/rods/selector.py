@@ -1,4 +1,4 @@
-"""Seed selection for synthesis from one step's group statistics (DESIGN §1, rods_paper §3.2).
+"""Seed selection for synthesis from one step's group statistics (docs/METHOD.md §3).
 
 ``boundary`` (RODS): eligible = zone boundary (α⁻ ≤ r̄ ≤ α⁺) and not on cooldown; bucket by category; sort each
 bucket by φ = 4 r̄ (1 − r̄) descending (ties: batch order); take ≤ M_τ per category, then ≤ M in all by φ. No quota

@@ -8,7 +8,7 @@ the environment's delta can follow directly.
 
 Shapes stay static: the attention length ``kv_len`` is a static multiple of a bucket chosen by the host, the output
 buffer width ``M`` is fixed, and rows that are stopped are masked (``valid=False``) rather than removed. The decode
-state, cache included, is donated, so XLA updates it in place (a copying cache was 8x slower, lab_feasibility §6).
+state, cache included, is donated, so XLA updates it in place (a copying cache was 8x slower: docs/METHOD.md §10).
 """
 from __future__ import annotations
 

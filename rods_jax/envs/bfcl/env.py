@@ -15,7 +15,7 @@
   ``close_ticket(ticket_id='ticket_001')`` against an integer parameter, multi_turn_*_173), so this is what matches the
   official checker.
 
-Per-turn checks (DESIGN.md §1, ``rods_jax.envs.reward.turn_checks``): a turn with ground truth passes iff the model
+Per-turn checks (docs/METHOD.md §1, ``envs.reward.turn_checks``): a turn with ground truth passes iff the model
 called at least once, the model state equals the GT state after the turn (bfcl ``state_checker``), and the turn's GT
 results are a sub-multiset of the model's results of all turns so far (bfcl ``response_checker`` semantics). A turn
 with empty GT passes iff the model made no call. R_P has the fixed denominator N (unfinished turns count 0).

@@ -1,6 +1,6 @@
 """toolworld task generator: sample a structural profile, then make a task with exactly that profile.
 
-``sample_profile(rng)`` draws a realistic structure (DESIGN.md §5: skewed to 3-4 turns and depth 3-4, cross-turn
+``sample_profile(rng)`` draws a realistic structure (docs/METHOD.md §10: skewed to 3-4 turns and depth 3-4, cross-turn
 references, 1-3 calls per turn, at most two API classes). ``generate(profile, rng)`` builds a world, picks literal
 arguments valid in the current state, routes every flow edge through the output field of its source call, renders the
 user turns (literal values spelled out, flowed values referred to as "the <field>" in the same turn or "that <field>"

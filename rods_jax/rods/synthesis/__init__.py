@@ -1,4 +1,4 @@
-"""Skill-aligned synthesis (DESIGN.md §1): Plan → Execute → Rewrite → Critique → Augment, with language backends.
+"""Skill-aligned synthesis (docs/METHOD.md §5): Plan → Execute → Rewrite → Critique → Augment, with language backends.
 
     from rods_jax.rods.synthesis import Synthesizer, SynthesisResult, make_backend
     synth = Synthesizer(env, make_backend(cfg.synthesis), cfg.synthesis)

@@ -1,4 +1,4 @@
-"""The skill-aligned synthesis pipeline: Plan → Execute → Rewrite → Critique → Augment (DESIGN.md §1).
+"""The skill-aligned synthesis pipeline: Plan → Execute → Rewrite → Critique → Augment (docs/METHOD.md §5).
 
     synth = Synthesizer(env, backend, cfg.synthesis)
     result = synth.synthesize(seed_task, rng, step)     # SynthesisResult(task | None, failure | None, stage_log)
