@@ -219,7 +219,7 @@ def test_calibration_posterior_detector_errs_less_than_the_one_step_rule(capsys)
   with capsys.disabled():
     print("\ncalibration (101 p values x 20 tasks, 10 epochs of 8 steps, rewards ~ Beta(3p, 3(1-p))):\n"
           + "\n".join(lines))
-  # A policy that moves faster than the default half-life makes the posterior lag (docs/METHOD_posterior.md):
+  # A policy that moves faster than the default half-life makes the posterior lag (docs/METHOD.md §11):
   # at +0.1 per epoch the default decay errs more than one step; a shorter memory (d = 0.8) errs less again.
   moving = {d: simulate(8, d, 2.0, 0.9, drift=0.1) for d in (r.posterior_decay, 0.8)}
   assert moving[r.posterior_decay]["posterior"]["zone_error"] > moving[0.8]["step"]["zone_error"]
