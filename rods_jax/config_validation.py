@@ -141,6 +141,7 @@ def _check_ranges(c) -> None:
   _in_unit("synthesis.profile_tolerance", c.synthesis.profile_tolerance)
   _at_least("synthesis.request_queue_size", c.synthesis.request_queue_size, 1)
   _at_least("synthesis.result_queue_size", c.synthesis.result_queue_size, 1)
+  _at_least("synthesis.lag_steps", c.synthesis.lag_steps, -1)
   _at_least("train.total_trajectories", c.train.total_trajectories, 1)
   _at_least("train.eval_every_trajectories", c.train.eval_every_trajectories, 1)
   _at_least("train.eval_k", c.train.eval_k, 1)
