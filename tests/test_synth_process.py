@@ -241,3 +241,67 @@ def test_requests_in_flight_at_a_kill_are_resubmitted_on_resume(lag):
   # every request of the run is answered exactly once, with the same outcome as in the uninterrupted run
   flat = lambda log: sorted(r for step in log for r in step)  # noqa: E731
   assert flat(log) == flat(uninterrupted) and len(flat(uninterrupted)) == 24
+
+
+# ---------------------------------------------------------------------------------------------- no orphans
+_TRAINER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_synth_process import make_task, slow_factory, syn_cfg
+from rods_jax.rods.synth_process import SynthClient
+if __name__ == "__main__":  # the spawned worker imports this file too
+  client = SynthClient(slow_factory, syn_cfg(), seed=0)
+  client.submit([make_task(f"s{{i}}") for i in range(60)])
+  while not client.poll().outcomes:
+    time.sleep(0.01)
+  print("busy", flush=True)  # the worker is mid-synthesis from here on
+  time.sleep(600)
+"""
+
+
+def _children(pid):
+  kids = []
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        stat = open(f"/proc/{name}/stat").read()
+      except OSError:
+        continue
+      if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        kids.append(int(name))
+  return kids
+
+
+def _alive(pid):
+  try:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+def test_a_killed_trainer_leaves_no_synthesizer_nor_resource_tracker_alive(tmp_path):
+  import subprocess
+  import sys
+  script = tmp_path / "trainer.py"
+  script.write_text(_TRAINER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+  trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+  watchdog = threading.Timer(120, trainer.kill)  # a hung script fails the test instead of hanging it
+  watchdog.start()
+  kids = []
+  try:
+    assert trainer.stdout.readline().strip() == "busy"  # (a dead worker is restarted: this line does come)
+    kids = _children(trainer.pid)
+    assert len(kids) >= 2, kids  # the synthesizer and multiprocessing's resource tracker
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.wait(10)
+    deadline = time.monotonic() + 5.0
+    while any(map(_alive, kids)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not [k for k in kids if _alive(k)], "processes of the killed trainer still alive"
+  finally:
+    watchdog.cancel()
+    trainer.kill()
+    for k in [k for k in kids if _alive(k)]:  # only on failure: leave nothing behind
+      os.kill(k, signal.SIGKILL)

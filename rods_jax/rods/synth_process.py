@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import multiprocessing as mp
+import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -95,7 +97,25 @@ class _NeverSet:
     return False
 
 
-def _process_main(request_q, result_q, stop, synth_factory, seed):
+def exit_with_parent(parent_pid: int, period_s: float = 0.25) -> threading.Thread:
+  """Ends this process (``os._exit``) within ``period_s`` of the process ``parent_pid`` dying, from a daemon thread,
+  so it fires even while synthesis is busy. A trainer killed with SIGKILL runs no cleanup; without this its worker
+  (and, through the pipe the worker inherits, the multiprocessing resource tracker) would live on under PID 1.
+  Polling the parent pid rather than ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the spawning *thread* ends,
+  which would kill a healthy worker started from a short-lived thread."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(period_s)
+    os._exit(0)  # pylint: disable=protected-access  # nobody is left to read results: no flushing, no cleanup
+
+  thread = threading.Thread(target=watch, daemon=True, name="rods-parent-watch")
+  thread.start()
+  return thread
+
+
+def _process_main(request_q, result_q, stop, synth_factory, seed, parent_pid):
+  exit_with_parent(parent_pid)
   try:
     run_worker(QueueChannel(request_q, result_q), synth_factory, seed, stop)
   finally:
@@ -103,7 +123,8 @@ def _process_main(request_q, result_q, stop, synth_factory, seed):
     result_q.cancel_join_thread()
 
 
-def _exchange_main(root, request_limit, result_limit, stop, synth_factory, seed):
+def _exchange_main(root, request_limit, result_limit, stop, synth_factory, seed, parent_pid):
+  exit_with_parent(parent_pid)
   run_worker(DirExchange(root, request_limit, result_limit), synth_factory, seed, stop)
 
 
@@ -192,13 +213,13 @@ class SynthClient:
     self._stop = self._ctx.Event()
     if self._exchange is not None:
       args = (self._exchange.root, self._exchange.request_limit, self._exchange.result_limit, self._stop,
-              self._factory, self._seed)
+              self._factory, self._seed, os.getpid())
       target = _exchange_main
     else:
       # Fresh queues on every start: a killed worker may have died holding a queue's lock.
       self._req_q = self._ctx.Queue(maxsize=self._window + 1)
       self._res_q = self._ctx.Queue(maxsize=self._result_size)
-      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed)
+      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed, os.getpid())
       target = _process_main
     self._proc = self._ctx.Process(target=target, args=args, daemon=True, name="rods-synthesizer")
     self._proc.start()
