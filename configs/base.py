@@ -170,6 +170,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthesis.result_queue_size = 256
   c.synthesis.process = True  # run the synthesizer in a separate process
   c.synthesis.exchange_dir = ""  # multi-host: directory-based exchange instead of multiprocessing queues
+  # -1: stage whatever the worker has finished (timing-dependent); L >= 0: the outcomes of step s's requests are staged
+  # at step s + L exactly (waiting if the worker is behind), so a run, and a resumed run, is reproducible.
+  c.synthesis.lag_steps = -1
   c.synthesis.planner = "auto"  # auto (toolworld: its generator; bfcl: rename) | generator | rename
   c.synthesis.value_catalog_split = "train"  # rename planner: swap city/symbol/option values for ones seen in this
   #   split's ground truth at the same (function, argument) ("" = off; toolworld ignores it)

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import distributed
+from launch import _cli, distributed
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
@@ -155,4 +155,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags(flags.FLAGS)
-  app.run(main)
+  _cli.run(main)

@@ -10,6 +10,8 @@ back. Run any number of them against the same directory (give each its own ``--w
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _cli
+
 
 def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   # ``argv``: where config_flags looks for --config.* overrides (None = sys.argv; tests pass their own).
@@ -58,4 +60,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags(flags.FLAGS)
-  app.run(main)
+  _cli.run(main)

@@ -15,7 +15,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from launch import distributed
+from launch import _cli, distributed
 
 CHECKPOINT_SUBDIR = "checkpoints"  # the loop's layout (rods_jax.rods.loop.CHECKPOINT_DIR)
 
@@ -52,7 +52,10 @@ def prepare(config, workdir: str) -> int | None:
 
 def run(fv: flags.FlagValues):
   """Everything after flag parsing; returns the loop's final state (None with --validate_only)."""
-  from rods_jax import host_memory  # pylint: disable=g-import-not-at-top
+  from rods_jax import config_validation, host_memory  # pylint: disable=g-import-not-at-top
+  # The device-independent checks first: a user error costs no backend start and prints nothing else.
+  config_validation.validate(fv.config, None)
+  config_validation.check_paths(fv.config)
   if not fv.validate_only:  # before the backend starts in prepare()
     host_memory.configure_for_run(fv.config)
   distributed.initialize_from_flags(fv)
@@ -96,4 +99,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags(flags.FLAGS)
-  app.run(main)
+  _cli.run(main)

@@ -13,6 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from launch import _cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (its sft/rollout/env sections are used).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory; the warm-up checkpoint goes to <workdir>/warmup.")
 _INIT_FROM = flags.DEFINE_string("init_from", "", "Continue supervised training from this HF-layout checkpoint (its "
@@ -31,6 +33,7 @@ def main(argv):
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   host_memory.configure_for_run(config)  # before the backend starts
   config_validation.validate(config, jax.device_count())
+  config_validation.check_paths(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh)
   env = envs.make_env(config.env.name, config.env)
@@ -64,4 +67,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -11,7 +11,10 @@ One checkpoint step holds up to four Orbax items:
   passes (replay buffer, synthesizer log position, numpy RNG state, ...). The JSON is written by the primary process.
 
 Keep-last-N, the save cadence and async writes come from ``config.checkpoint`` (``keep``, ``every_steps``,
-``async_save``). Usage::
+``async_save``). Restoring the latest step falls back over unreadable ones (a truncated array or host file): each
+gets one warning line naming the step and the file and is moved aside to ``<step>.corrupt``; the run resumes from the
+newest step that restores completely, and that step is kept (beyond keep-last-N) for as long as this manager lives,
+so the newer steps it writes, which nothing has read back yet, never replace the last verified one. Usage::
 
     ckpt = CheckpointManager(workdir / "checkpoints", config.checkpoint)
     ckpt.save(TrainState(step, params, opt_state, ref_params, rng), {"buffer": buffer.state_dict()})
@@ -22,20 +25,37 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as ocp_preservation
 
 PyTree = Any
 
 _ARRAY_ITEMS = ("params", "opt_state", "ref_params")
 _HOST = "host"
 _FORMAT_VERSION = 1
+
+
+class CheckpointMismatch(ValueError):
+  """The checkpoint is readable but does not fit the target (structure, reference, key kind, format version)."""
+
+
+class UnreadableCheckpoint(RuntimeError):
+  """A checkpoint step whose files cannot be read back (truncated, corrupt, missing)."""
+
+  def __init__(self, step: int, path: str, cause: BaseException):
+    detail = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:160]
+    super().__init__(f"checkpoint step {step}: cannot read {path} ({type(cause).__name__}: {detail})")
+    self.step, self.path = step, path
 
 
 class TrainState(NamedTuple):
@@ -91,8 +111,8 @@ def abstract_like(tree: PyTree) -> PyTree:
       return leaf
     if isinstance(leaf, jax.Array):
       return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
-    raise ValueError(f"checkpoint target leaf {jax.tree_util.keystr(path)} is a {type(leaf).__name__}; "
-                     "expected a jax.Array or jax.ShapeDtypeStruct with a sharding")
+    raise CheckpointMismatch(f"checkpoint target leaf {jax.tree_util.keystr(path)} is a {type(leaf).__name__}; "
+                             "expected a jax.Array or jax.ShapeDtypeStruct with a sharding")
 
   return jax.tree_util.tree_map_with_path(one, tree)
 
@@ -131,13 +151,21 @@ class CheckpointManager:
     if cfg.every_steps < 1:
       raise ValueError(f"config.checkpoint.every_steps={cfg.every_steps} must be >= 1")
     self._directory = _path(directory)
+    self._cfg = cfg
+    self._manager = self._make_manager(protected=None)
+
+  def _make_manager(self, protected: int | None) -> ocp.CheckpointManager:
+    """Keep the last ``cfg.keep`` steps, and ``protected`` (the step this run resumed from) too."""
+    policy = ocp_preservation.LatestN(self._cfg.keep)
+    if protected is not None:
+      policy = ocp_preservation.AnyPreservationPolicy([policy, ocp_preservation.CustomSteps([protected])])
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=cfg.every_steps,
-        max_to_keep=cfg.keep,
-        enable_async_checkpointing=cfg.async_save,
+        save_interval_steps=self._cfg.every_steps,
+        preservation_policy=policy,
+        enable_async_checkpointing=self._cfg.async_save,
         create=True,
     )
-    self._manager = ocp.CheckpointManager(self._directory, options=options, item_names=(*_ARRAY_ITEMS, _HOST))
+    return ocp.CheckpointManager(self._directory, options=options, item_names=(*_ARRAY_ITEMS, _HOST))
 
   @property
   def directory(self) -> str:
@@ -185,30 +213,34 @@ class CheckpointManager:
     )
 
   def restore(self, target: TrainState, step: int | None = None) -> Restored:
-    """Restores ``step`` (default: the latest) onto ``target``'s structure, dtypes and shardings.
+    """Restores ``step`` (default: the newest step that restores completely, see the module docstring) onto
+    ``target``'s structure, dtypes and shardings.
 
     ``target`` leaves may be arrays (e.g. a freshly initialised state on the new mesh) or ``jax.ShapeDtypeStruct``s
-    with shardings; ``target.step`` is ignored. Raises FileNotFoundError when there is no checkpoint.
+    with shardings; ``target.step`` is ignored. Raises FileNotFoundError when there is no checkpoint,
+    CheckpointMismatch when it does not fit ``target``, UnreadableCheckpoint when no step can be read.
     """
-    step = self._resolve_step(step)
+    trees = {"params": target.params, "opt_state": target.opt_state, "ref_params": target.ref_params}
+    abstract = {name: abstract_like(tree) for name, tree in trees.items() if tree is not None and jax.tree.leaves(tree)}
+    return self._newest_readable(step, lambda s: self._restore_step(s, target, trees, abstract))
+
+  def _restore_step(self, step: int, target: TrainState, trees: dict[str, PyTree],
+                    abstract: dict[str, PyTree]) -> Restored:
     host = self._host(step)
     if host["has_ref_params"] != (target.ref_params is not None):
-      raise ValueError(f"checkpoint step {step}: has_ref_params={host['has_ref_params']} but target.ref_params is "
-                       f"{'None' if target.ref_params is None else 'given'}")
+      raise CheckpointMismatch(f"checkpoint step {step}: has_ref_params={host['has_ref_params']} but "
+                               f"target.ref_params is {'None' if target.ref_params is None else 'given'}")
     typed_key = host["rng_impl"] is not None
     if typed_key != _is_typed_key(target.rng):
-      raise ValueError(f"checkpoint step {step}: rng saved as {'typed' if typed_key else 'raw'} key, target.rng is "
-                       f"{'typed' if _is_typed_key(target.rng) else 'raw'}")
-    trees = {"params": target.params, "opt_state": target.opt_state, "ref_params": target.ref_params}
-    items = {}
+      raise CheckpointMismatch(f"checkpoint step {step}: rng saved as {'typed' if typed_key else 'raw'} key, "
+                               f"target.rng is {'typed' if _is_typed_key(target.rng) else 'raw'}")
+    arrays = {}
     for name in _ARRAY_ITEMS:
       if name in host["array_items"]:
-        items[name] = ocp.args.StandardRestore(abstract_like(trees[name]))
-      elif trees[name] is not None and jax.tree.leaves(trees[name]):
-        raise ValueError(f"checkpoint step {step} has an empty {name} but target.{name} has arrays")
-    arrays = dict(self._manager.restore(step, args=ocp.args.Composite(**items)))
-    for name in _ARRAY_ITEMS:
-      if name not in items:
+        arrays[name] = self._read_item(step, name, abstract[name])
+      elif name in abstract:
+        raise CheckpointMismatch(f"checkpoint step {step} has an empty {name} but target.{name} has arrays")
+      else:
         arrays[name] = trees[name]  # empty (or None): nothing was stored
     rng = np.asarray(host["rng_data"], dtype=host["rng_dtype"])
     rng_sharding = getattr(target.rng, "sharding", None)
@@ -220,27 +252,80 @@ class CheckpointManager:
     return Restored(state=state, host_state=dict(host["state"]))
 
   def restore_params(self, target_params: PyTree, step: int | None = None) -> PyTree:
-    """Only the policy parameters of ``step`` (default: latest) onto ``target_params``' shardings (evaluation)."""
-    step = self._resolve_step(step)
-    self._host(step)  # checks the format
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_like(target_params))))
-    return restored["params"]
+    """Only the policy parameters of ``step`` (default: the newest readable step) onto ``target_params``'
+    shardings (evaluation)."""
+    abstract = abstract_like(target_params)
 
-  def _resolve_step(self, step: int | None) -> int:
-    if step is None:
-      step = self._manager.latest_step()
-      if step is None:
-        raise FileNotFoundError(f"no checkpoint in {self._directory}")
-    elif step not in self._manager.all_steps():
+    def read(s: int) -> PyTree:
+      self._host(s)  # checks the format
+      return self._read_item(s, "params", abstract)
+    return self._newest_readable(step, read)
+
+  def _newest_readable(self, step: int | None, read: Callable[[int], Any]) -> Any:
+    """``read(step)``; with ``step`` None, over the steps newest first until one reads (module docstring)."""
+    if step is not None:
+      return read(self._resolve_step(step))
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self._directory}")
+    unreadable = []
+    for s in steps:
+      try:
+        out = read(s)
+      except UnreadableCheckpoint as e:
+        logging.warning("%s; falling back to an older step", e)
+        unreadable.append(s)
+        continue
+      if unreadable:
+        self._set_aside(unreadable, verified=s)
+      return out
+    raise UnreadableCheckpoint(steps[-1], os.fspath(self._directory),
+                               RuntimeError(f"none of the steps {steps} restores completely"))
+
+  def _set_aside(self, steps: list[int], verified: int) -> None:
+    """Moves unreadable steps to ``<step>.corrupt`` (kept for inspection; the resumed run writes those steps anew)
+    and keeps ``verified`` until this manager closes."""
+    self._manager.close()
+    if jax.process_index() == 0:
+      for s in steps:
+        src = self._directory / str(s)
+        dst, n = self._directory / f"{s}.corrupt", 1
+        while dst.exists():
+          dst, n = self._directory / f"{s}.corrupt{n}", n + 1
+        src.rename(dst)
+        logging.info("checkpoint step %d moved aside to %s; resuming from step %d", s, dst, verified)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("rods_checkpoint_set_aside")
+    self._manager = self._make_manager(protected=verified)
+
+  def _read_item(self, step: int, name: str, abstract: PyTree) -> PyTree:
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(abstract)}))[name]
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore raises bare Exceptions for bad chunks
+      raise UnreadableCheckpoint(step, self._file_in(step, name, e), e) from e
+
+  def _file_in(self, step: int, name: str, error: BaseException) -> str:
+    """The file an error names inside the step's item directory, else that directory."""
+    item = os.fspath(self._directory / str(step) / name)
+    found = re.findall(re.escape(item) + r"/[\w./-]+", str(error))
+    return found[0] if found else item
+
+  def _resolve_step(self, step: int) -> int:
+    if step not in self._manager.all_steps():
       raise FileNotFoundError(f"no checkpoint for step {step} in {self._directory}; have {self.all_steps()}")
     return step
 
   def _host(self, step: int) -> dict[str, Any]:
-    host = self._manager.restore(step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()}))[_HOST]
+    path = os.fspath(self._directory / str(step) / _HOST / "metadata")
+    try:
+      host = self._manager.restore(step, args=ocp.args.Composite(**{_HOST: ocp.args.JsonRestore()}))[_HOST]
+      if not isinstance(host, dict) or not {"step", "state", "array_items"} <= set(host):
+        raise ValueError("not a host-state document")
+    except Exception as e:  # pylint: disable=broad-except  # truncated JSON, missing file, ...
+      raise UnreadableCheckpoint(step, path, e) from e
     if host.get("format_version") != _FORMAT_VERSION:
-      raise ValueError(f"checkpoint step {step}: format_version {host.get('format_version')!r}, "
-                       f"expected {_FORMAT_VERSION}")
+      raise CheckpointMismatch(f"checkpoint step {step}: format_version {host.get('format_version')!r}, "
+                               f"expected {_FORMAT_VERSION}")
     return host
 
   def wait_until_finished(self) -> None:

@@ -1,16 +1,20 @@
 """Validation of a full run config before anything is built.
 
-``validate(config, num_devices)`` raises ``ValueError`` whose message starts with the offending field
-(``config.mesh.data=3 ...``). It checks, in order: every key exists in ``configs/base.py`` with the base value's type
-(typos such as ``rods.pmax`` fail, with a suggestion); names that select code (arm, model preset, environment,
+``validate(config, num_devices)`` raises ``ConfigError`` (a ``ValueError``) whose message starts with the offending
+field (``config.mesh.data=3 ...``). It checks, in order: every key exists in ``configs/base.py`` with the base value's
+type, and floats are finite (typos such as ``rods.pmax`` fail, with a suggestion); names that select code (arm, model preset, environment,
 advantage, loss, aggregation, KL estimator, seed selection, synthesis backend, dtype) are known; ranges; the arm's
 defining fields (``configs/arms.py``); and cross-field consistency (mesh vs device count, batch vs data-parallel size,
-alpha_low < alpha_high, cache capacity vs trajectory budget, ...).
+alpha_low < alpha_high, cache capacity vs trajectory budget, ...). Two more checks for the launchers, before any
+work: ``check_override_names(argv)`` (``--config.<field>=`` flags naming no field, before ml_collections parses them)
+and ``check_paths(config)`` (the local checkpoint / tokenizer directories the run will read exist).
 """
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+import math
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -21,8 +25,31 @@ ENV_SPLITS = {"toolworld": {"seed_split": ("seeds", "offline"), "test_split": ("
               "bfcl": {"seed_split": ("train",), "test_split": ("test",)}}
 
 
+class ConfigError(ValueError):
+  """A user error in the run config: the message names the field, the bad value and what is allowed (one line)."""
+
+
 def _fail(field: str, value: Any, why: str) -> None:
-  raise ValueError(f"config.{field}={value!r} {why}")
+  raise ConfigError(f"config.{field}={value!r} {why}")
+
+
+def _unknown(label: str, known: Sequence[str], value: str = "") -> ConfigError:
+  """``label`` (a dotted field, sections end in '.') is not among ``known``: names its first unknown part and
+  suggests the closest name there, or lists what that section has."""
+  pieces = label.rstrip(".").split(".")
+  depth = next((i for i in range(1, len(pieces)) if ".".join(pieces[:i]) + "." not in known), len(pieces))
+  bad = ".".join(pieces[:depth]) + ("." if depth < len(pieces) or label.endswith(".") else "")
+  section = bad.rstrip(".").rpartition(".")[0]
+  siblings = [k.rstrip(".") for k in known if k.rstrip(".").rpartition(".")[0] == section]
+  close = difflib.get_close_matches(bad.rstrip("."), siblings, n=1)
+  if close:
+    fixed = ".".join([close[0], *pieces[depth:]])
+    hint = f"; did you mean config.{fixed if fixed in known else close[0]}?"
+  else:  # nothing close: list what the section has
+    names = ", ".join(sorted(k.rpartition(".")[2] for k in siblings))
+    hint = f"; config.{section} has {names}" if section else f"; config has {names}"
+  shown = f"config.{label.rstrip('.')}" + (f"={value}" if value else "")
+  return ConfigError(f"{shown} is not a known field (configs/base.py defines every field){hint}")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -41,10 +68,7 @@ def _check_keys_and_types(config, base) -> None:
   have, want = _flatten(config), _flatten(base)
   for name, value in have.items():
     if name not in want:
-      label = name.rstrip(".")
-      close = difflib.get_close_matches(name, [k for k in want if k.count(".") == name.count(".")], n=1)
-      hint = f"; did you mean config.{close[0].rstrip('.')}?" if close else ""
-      raise ValueError(f"config.{label} is not a known field (configs/base.py defines every field){hint}")
+      raise _unknown(name, list(want))
     if name.endswith("."):
       continue
     expected = want[name]
@@ -54,9 +78,50 @@ def _check_keys_and_types(config, base) -> None:
           and (isinstance(value, type(expected)) or (isinstance(expected, float) and isinstance(value, int))))
     if not ok:
       _fail(name, value, f"has type {type(value).__name__}; configs/base.py has {type(expected).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every `x < low` range check
+      _fail(name, value, "must be a finite number")
   for name in want:
     if name not in have:
-      raise ValueError(f"config.{name.rstrip('.')} is missing (configs/base.py defines it)")
+      raise ConfigError(f"config.{name.rstrip('.')} is missing (configs/base.py defines it)")
+
+
+def check_override_names(argv: Sequence[str]) -> None:
+  """ConfigError for the first ``--config.<field>=<value>`` (or ``--config.<field> <value>``) in ``argv`` whose
+  field ``configs/base.py`` does not define, with a suggestion (ml_collections would raise a bare KeyError)."""
+  from configs import base
+
+  known = list(_flatten(base.get_config()))
+  for i, arg in enumerate(argv):
+    if not arg.startswith("--config."):
+      continue
+    name, eq, value = arg[len("--config."):].partition("=")
+    if not eq and i + 1 < len(argv):
+      value = argv[i + 1]
+    if name not in known:
+      raise _unknown(name, known, value)
+
+
+# (field, a file the directory must hold): HF layout for checkpoints; any directory for a tokenizer
+_PATH_FIELDS = (("model.checkpoint_dir", "config.json"), ("sft.init_checkpoint", "config.json"),
+                ("model.tokenizer_dir", ""), ("synthesis.checkpoint_dir", "config.json"))
+
+
+def check_paths(c) -> None:
+  """ConfigError unless every local directory the run reads exists (and a checkpoint has its config.json).
+  Empty fields are unused; URLs (``gs://...``) are left to the run, which reads them through its own client."""
+  for field, marker in _PATH_FIELDS:
+    section, name = field.split(".")
+    value = str(c[section][name])
+    if field == "synthesis.checkpoint_dir" and not (c.rods.synthesis and c.synthesis.backend == "sampler"):
+      continue
+    if not value or "://" in value:
+      continue
+    what = "a local Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer files)" if marker else \
+        "a local tokenizer directory"
+    if not os.path.isdir(value):
+      _fail(field, value, f"is not a directory; expected {what}")
+    if marker and not os.path.isfile(os.path.join(value, marker)):
+      _fail(field, value, f"has no {marker}; expected {what}")
 
 
 def _one_of(field: str, value: Any, known) -> None:
@@ -147,6 +212,7 @@ def _check_ranges(c) -> None:
   _in_unit("synthesis.profile_tolerance", c.synthesis.profile_tolerance)
   _at_least("synthesis.request_queue_size", c.synthesis.request_queue_size, 1)
   _at_least("synthesis.result_queue_size", c.synthesis.result_queue_size, 1)
+  _at_least("synthesis.lag_steps", c.synthesis.lag_steps, -1)
   _at_least("train.total_trajectories", c.train.total_trajectories, 1)
   _at_least("train.eval_every_trajectories", c.train.eval_every_trajectories, 1)
   _at_least("train.eval_k", c.train.eval_k, 1)
@@ -257,7 +323,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None) -> None
   from configs import base
 
   if num_devices is not None and num_devices < 1:
-    raise ValueError(f"num_devices={num_devices} must be >= 1")
+    raise ConfigError(f"num_devices={num_devices} must be >= 1")
   _check_keys_and_types(config, base.get_config())
   _check_names(config)
   _check_ranges(config)

@@ -209,10 +209,13 @@ def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> lis
   A resumed run re-logs steps after its last checkpoint. With ``resolve_restarts``, a record whose step is lower than
   the previous record's marks a restart, and the earlier records with step >= that step are dropped (the resumed run
   superseded them; if the resumed run's first record shares the checkpoint's step, e.g. an evaluation, the original
-  record of that step goes too). A truncated last line (crash mid-write) is skipped. Keys come back under their
-  public names (``metric_names.to_public``), also from logs written under the old ones.
+  record of that step goes too). So does a train-step record (one with timings, written once per step) whose step is
+  not above the previous train step's: a run killed after logging step N but before its checkpoint re-logs N. A
+  truncated last line (crash mid-write) is skipped. Keys come back under their public names
+  (``metric_names.to_public``), also from logs written under the old ones.
   """
   records: list[dict[str, Any]] = []
+  last_train_step = None
   with open(path, encoding="utf-8") as f:
     lines = f.read().split("\n")
   for number, line in enumerate(lines, start=1):
@@ -227,8 +230,11 @@ def read_jsonl(path: str | os.PathLike, *, resolve_restarts: bool = True) -> lis
     if not isinstance(record, dict) or "step" not in record:
       raise ValueError(f"{path}:{number}: expected an object with a 'step' key")
     record = metric_names.to_public(record)  # logs written before the renaming read under today's names
-    if resolve_restarts and records and record["step"] < records[-1]["step"]:
+    train = any(k.startswith(metric_names.PUBLIC_TIME_PREFIX) for k in record)
+    if resolve_restarts and records and (record["step"] < records[-1]["step"] or (
+        train and last_train_step is not None and record["step"] <= last_train_step)):
       records = [r for r in records if r["step"] < record["step"]]
+    last_train_step = record["step"] if train else last_train_step
     records.append(record)
   return records
 

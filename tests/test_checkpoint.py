@@ -1,5 +1,7 @@
 """Checkpoints: exact resume, restore onto another mesh, keep-last-N, host state, bad input."""
 import json
+import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -249,3 +251,68 @@ def test_async_save_survives_donation_of_the_saved_buffers(tmp_path):
   with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
     got = manager.restore(ckpt_lib.TrainState(0, target, (), None, jax.random.key(1))).state.params
   _leaves_equal(got, expected)
+
+
+def _truncate(path):
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _largest_chunk(step_dir):
+  files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "params")) for f in fs
+           if os.sep + "d" + os.sep in os.path.join(r, f)]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("corrupt", ["params_chunk", "host_metadata"])
+def test_a_truncated_newest_step_falls_back_to_the_newest_readable_one(tmp_path, corrupt, caplog):
+  graphdef, params = _init(3)
+  opt = _TX.init(params)
+  step_fn = _make_step(graphdef)
+  rng = jax.random.key(8)
+  saved = {}
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(keep=1, async_save=False)) as manager:
+    for s in (1, 2, 3):
+      params, opt, rng, _ = step_fn(params, opt, params, rng)
+      saved[s] = (params, opt, rng)
+      manager.save(ckpt_lib.TrainState(s, params, opt, None, rng), {"s": s})
+    manager.wait_until_finished()
+    assert manager.all_steps() == [3]
+  # keep=1 left only step 3; copy step 2 back in from a second directory so there is an older, intact step
+  with ckpt_lib.CheckpointManager(tmp_path / "older", _cfg(keep=1, async_save=False)) as manager:
+    manager.save(ckpt_lib.TrainState(2, *saved[2][:2], None, saved[2][2]), {"s": 2})
+  os.rename(tmp_path / "older" / "2", tmp_path / "2")
+  bad_file = (_largest_chunk(str(tmp_path / "3")) if corrupt == "params_chunk"
+              else str(tmp_path / "3" / "host" / "metadata"))
+  _truncate(bad_file)
+  target = ckpt_lib.TrainState(0, _init(9)[1], _TX.init(_init(9)[1]), None, jax.random.key(0))
+  caplog.set_level(logging.WARNING)
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(keep=1, async_save=False)) as manager:
+    got = manager.restore(target)
+    assert got.state.step == 2 and got.host_state == {"s": 2}
+    _leaves_equal(got.state.params, saved[2][0])
+    _leaves_equal(got.state.opt_state, saved[2][1])
+    np.testing.assert_array_equal(jax.random.key_data(got.state.rng), jax.random.key_data(saved[2][2]))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    expected_file = bad_file if corrupt == "host_metadata" else str(tmp_path / "3" / "params")
+    assert warnings[0].startswith(f"checkpoint step 3: cannot read {expected_file}"), warnings
+    assert sorted(os.listdir(tmp_path)) == ["2", "3.corrupt", "older"]  # set aside, not deleted
+    # The resumed run writes steps 3 and 4 anew; keep=1 would drop step 2, but it stays while this run lives.
+    for s in (3, 4):
+      manager.save(ckpt_lib.TrainState(s, *saved[3][:2], None, saved[3][2]), {"s": s})
+    manager.wait_until_finished()
+    assert manager.all_steps() == [2, 4]
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(keep=1)) as manager:
+    assert manager.restore(target).host_state == {"s": 4}
+
+
+def test_no_readable_step_is_one_clear_error(tmp_path):
+  _, params = _init()
+  state = ckpt_lib.TrainState(1, params, (), None, jax.random.key(0))
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg(async_save=False)) as manager:
+    manager.save(state)
+  _truncate(str(tmp_path / "1" / "host" / "metadata"))
+  with ckpt_lib.CheckpointManager(tmp_path, _cfg()) as manager:
+    with pytest.raises(ckpt_lib.UnreadableCheckpoint, match=r"none of the steps \[1\] restores completely"):
+      manager.restore(state)

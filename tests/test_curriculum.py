@@ -48,7 +48,8 @@ def configs(process, p_max=12):
       alpha_low=0.2, alpha_high=0.85, retire_high=0.95, retire_low=0.2, burn_in_low=0.2, beta=0.2, p_max=p_max,
       seeds_per_step=3, seeds_per_category=1, cooldown_steps=3, stale_epochs=2, seed_selection="boundary",
       synthesis=True, retirement=True, dynamic=True, detector="step"))
-  syn = ml_collections.ConfigDict(dict(process=process, exchange_dir="", request_queue_size=16, result_queue_size=32))
+  syn = ml_collections.ConfigDict(dict(process=process, exchange_dir="", request_queue_size=16, result_queue_size=32,
+                                        lag_steps=-1))
   return rods, syn
 
 

@@ -171,7 +171,8 @@ def test_dynamic_sampling_drops_flat_groups_refills_and_never_aborts(tmp_path):
       seeds_per_step=0, seeds_per_category=1, cooldown_steps=1, stale_epochs=1, seed_selection="boundary",
       synthesis=False, retirement=True, dynamic=True, dynamic_sampling=True, dynamic_sampling_max_rounds=3,
       detector="step"))
-  syn = ml_collections.ConfigDict(dict(process=False, exchange_dir="", request_queue_size=4, result_queue_size=4))
+  syn = ml_collections.ConfigDict(dict(process=False, exchange_dir="", request_queue_size=4, result_queue_size=4,
+                                        lag_steps=-1))
   cfg = ml_collections.ConfigDict(dict(rods=rods, rollout=dict(k=2), grpo=dict(zero_std_tol=1e-6)))
   cur = Curriculum(seeds, rods, syn, str(tmp_path), None, "synthesize", seed=0)
   parts = types.SimpleNamespace(config=cfg, learner=types.SimpleNamespace(params=None), engine=Engine(), env=None,

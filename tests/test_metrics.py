@@ -102,6 +102,13 @@ def test_read_jsonl_resolves_restarts_and_partial_lines(tmp_path):
   assert [r["step"] for r in records] == list(range(1, 10))
   assert [r["v"] for r in records] == [1, 2, 3, 4, 105, 106, 107, 108, 109]
   assert len(metrics_lib.read_jsonl(path, resolve_restarts=False)) == 12
+  # killed after logging train step 3 but before its checkpoint: the resumed run logs step 3 again
+  lines = [{"step": 0, "eval/success": 0.5}] + [{"step": s, "v": s, "time/update": 0.1} for s in (1, 2, 3)]
+  lines += [{"step": s, "v": 100 + s, "time/update": 0.1} for s in (3, 4)] + [{"step": 4, "eval/success": 0.25}]
+  path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  records = metrics_lib.read_jsonl(path)
+  assert [(r["step"], r.get("v"), r.get("eval/success")) for r in records] == [
+      (0, None, 0.5), (1, 1, None), (2, 2, None), (3, 103, None), (4, 104, None), (4, None, 0.25)]
   path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
   with pytest.raises(ValueError, match=":2:"):
     metrics_lib.read_jsonl(path)

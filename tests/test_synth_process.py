@@ -43,7 +43,7 @@ def slow_factory():
 
 
 def syn_cfg(**kw):
-  c = dict(process=True, exchange_dir="", request_queue_size=64, result_queue_size=16)
+  c = dict(process=True, exchange_dir="", request_queue_size=64, result_queue_size=16, lag_steps=-1)
   c.update(kw)
   return ml_collections.ConfigDict(c)
 
@@ -187,3 +187,121 @@ def test_real_pipeline_through_the_client(mode, origin):
   for t in tasks:
     assert t.lineage.origin == origin and t.lineage.parent_id in {s.id for s in seeds}
     assert t.id not in {s.id for s in seeds}
+
+
+# ---------------------------------------------------------------------------------------------- lag and resume
+def _step_seeds(step):
+  return [make_task(f"s{step}-{j}") for j in range(3)] + [make_task(f"bad{step}")]
+
+
+def _run_steps(client, steps, log):
+  """One submit + poll per step; records what each poll returned (request id, seed, task id or failure)."""
+  for step in steps:
+    client.submit(_step_seeds(step) if step is not None else [])
+    log.append([(o.request_id, o.seed_id, Task.from_record(o.record).id if o.record is not None else o.failure)
+                for o in client.poll().outcomes])
+  return log
+
+
+def test_lag_steps_makes_arrival_independent_of_timing_and_mode():
+  with SynthClient(slow_factory, syn_cfg(lag_steps=1), seed=4) as proc:
+    via_process = _run_steps(proc, range(5), [])
+  with SynthClient(echo_factory, syn_cfg(lag_steps=1, process=False), seed=4) as inline:
+    via_inline = _run_steps(inline, range(5), [])
+  assert via_process == via_inline
+  assert via_process[0] == [] and [r[0] for r in via_process[1]] == [0, 1, 2, 3]  # step s returns step s-1's
+  assert [r[1] for r in via_process[4]] == ["s3-0", "s3-1", "s3-2", "bad3"] and via_process[4][3][2] == "vm_exec_failed"
+
+
+def _finish(client, lag, expected_total, log):
+  """The outcomes still to come after the last step: L more polls (lag_steps = L), or poll until all arrived."""
+  if lag >= 0:
+    return _run_steps(client, [None] * (lag + 1), log)
+  outs = poll_until(client, expected_total - sum(map(len, log)))
+  return log + [[(o.request_id, o.seed_id, Task.from_record(o.record).id if o.record is not None else o.failure)
+                 for o in outs]]
+
+
+@pytest.mark.parametrize("lag", [1, -1])
+def test_requests_in_flight_at_a_kill_are_resubmitted_on_resume(lag):
+  cfg = syn_cfg(lag_steps=lag, request_queue_size=16)
+  with SynthClient(slow_factory, cfg, seed=5) as client:
+    uninterrupted = _finish(client, lag, 24, _run_steps(client, range(6), []))
+  client = SynthClient(slow_factory, cfg, seed=5)
+  first = _run_steps(client, range(3), [])
+  state = json.loads(json.dumps(client.state_dict()))  # what the checkpoint holds, through JSON
+  os.kill(client.pid, signal.SIGKILL)  # the trainer dies with requests waiting and in flight
+  client.close()
+  assert state["waiting"] or state["held"], state  # there was synthesis work in flight to lose
+  with SynthClient(slow_factory, cfg, seed=5) as resumed:
+    resumed.load_state_dict(state)
+    log = _finish(resumed, lag, 24, _run_steps(resumed, range(3, 6), first))
+  if lag >= 0:  # exactly the same outcomes at the same steps
+    assert log == uninterrupted
+  # every request of the run is answered exactly once, with the same outcome as in the uninterrupted run
+  flat = lambda log: sorted(r for step in log for r in step)  # noqa: E731
+  assert flat(log) == flat(uninterrupted) and len(flat(uninterrupted)) == 24
+
+
+# ---------------------------------------------------------------------------------------------- no orphans
+_TRAINER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_synth_process import make_task, slow_factory, syn_cfg
+from rods_jax.rods.synth_process import SynthClient
+if __name__ == "__main__":  # the spawned worker imports this file too
+  client = SynthClient(slow_factory, syn_cfg(), seed=0)
+  client.submit([make_task(f"s{{i}}") for i in range(60)])
+  while not client.poll().outcomes:
+    time.sleep(0.01)
+  print("busy", flush=True)  # the worker is mid-synthesis from here on
+  time.sleep(600)
+"""
+
+
+def _children(pid):
+  kids = []
+  for name in os.listdir("/proc"):
+    if name.isdigit():
+      try:
+        stat = open(f"/proc/{name}/stat").read()
+      except OSError:
+        continue
+      if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+        kids.append(int(name))
+  return kids
+
+
+def _alive(pid):
+  try:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+  except OSError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
+def test_a_killed_trainer_leaves_no_synthesizer_nor_resource_tracker_alive(tmp_path):
+  import subprocess
+  import sys
+  script = tmp_path / "trainer.py"
+  script.write_text(_TRAINER.format(tests=os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+  trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+  watchdog = threading.Timer(120, trainer.kill)  # a hung script fails the test instead of hanging it
+  watchdog.start()
+  kids = []
+  try:
+    assert trainer.stdout.readline().strip() == "busy"  # (a dead worker is restarted: this line does come)
+    kids = _children(trainer.pid)
+    assert len(kids) >= 2, kids  # the synthesizer and multiprocessing's resource tracker
+    os.kill(trainer.pid, signal.SIGKILL)
+    trainer.wait(10)
+    deadline = time.monotonic() + 5.0
+    while any(map(_alive, kids)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert not [k for k in kids if _alive(k)], "processes of the killed trainer still alive"
+  finally:
+    watchdog.cancel()
+    trainer.kill()
+    for k in [k for k in kids if _alive(k)]:  # only on failure: leave nothing behind
+      os.kill(k, signal.SIGKILL)

@@ -10,8 +10,10 @@ Safety rules (nothing here ever evaluates, formats or imports model text):
   checked against that tool's JSON schema;
 * size limits: characters per message, calls per message, string length, list length, nesting depth;
 * strings with Python dunders (``__import__``), format/template fields (``{0.__class__}``, ``{x[0]}``, ``{name}``,
-  ``{{config}}``) and control characters are rejected, so a backend that formats or logs a value cannot be steered by
-  it. Other text (even ``open('x', 'w')``) is inert data: it is stored or compared, never evaluated.
+  ``{{config}}``), control characters and lone surrogates (``"\\udc80"``, not UTF-8 encodable) are rejected, so a
+  backend that formats or logs a value cannot be steered by it, and every string downstream (tool output, rendered
+  chat, tokenizer input, logs) stays valid UTF-8. Other text (even ``open('x', 'w')``) is inert data: it is stored or
+  compared, never evaluated.
 Error texts quote model text only through ``repr`` of a truncated slice, never through ``str.format``.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ _DUNDER_RE = re.compile(r"__\w+__|__(import|class|globals|builtins|subclasses|di
 # Braces around text with spaces ("{experiment: 1}", BFCL scenario 30) are plain text.
 _FORMAT_FIELD_RE = re.compile(r"\{[^{}\s]*\}|\{\{[^{}]*\}\}")
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# JSON's "\udc80" escape decodes to a lone surrogate, which no UTF-8 consumer (tokenizer, log, HTTP reply) accepts:
+# rejecting it here, where model text becomes data, keeps every string downstream encodable.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _JSON_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 # BFCL/Gorilla type names that appear in function docs, mapped to JSON-schema types.
 _TYPE_ALIASES = {"dict": "object", "float": "number", "tuple": "array", "list": "array", "bool": "boolean",
@@ -136,6 +141,8 @@ def _strict_loads(payload: str) -> Any:
 def _hostile(s: str) -> str | None:
   if _CONTROL_RE.search(s):
     return "control characters"
+  if _SURROGATE_RE.search(s):
+    return "a lone surrogate (not valid Unicode text)"
   if _DUNDER_RE.search(s):
     return "a Python dunder name"
   if _FORMAT_FIELD_RE.search(s):

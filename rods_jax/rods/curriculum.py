@@ -88,6 +88,9 @@ class Curriculum:
     self._events_path = os.path.join(workdir, EVENT_LOG) if primary else ""
     self._depth_fn = depth_fn
     self._depths: dict[str, int | None] = {}
+    # Candidates re-staged from the log on resume whose requests were re-submitted: their second delivery is the
+    # same task (per-request RNG), already staged, so it is neither staged again nor counted a duplicate.
+    self._replayed: set[str] = set()
 
   # ------------------------------------------------------------------------------------------ per step
   def next_tasks(self, n: int) -> Sample:
@@ -184,6 +187,10 @@ class Curriculum:
         kind = f"bad_record:{type(e).__name__}"
         self.failures[kind] = self.failures.get(kind, 0) + 1
         continue
+      if task.id in self._replayed:
+        self._replayed.discard(task.id)
+        staged += 1  # staged already, by the log replay on resume
+        continue
       staged += self.buffer.stage(self._with_lineage(task, o.seed_id, step))
     return staged
 
@@ -248,7 +255,8 @@ class Curriculum:
   def state_dict(self) -> dict[str, Any]:
     return {"buffer": self.buffer.state_dict(), "selector": self.selector.state_dict(),
             "failures": dict(self.failures), "synth_log_offset": self.buffer.log_offset,
-            "client": self.client.state_dict() if self.client is not None else None}
+            "client": self.client.state_dict() if self.client is not None else None,
+            "replayed": sorted(self._replayed)}
 
   def load_state_dict(self, state: Mapping[str, Any]) -> list[str]:
     """Restores; returns the candidate ids re-staged from the log (accepted after the checkpoint)."""
@@ -256,7 +264,10 @@ class Curriculum:
     self.failures = {str(k): int(v) for k, v in state["failures"].items()}
     if self.client is not None and state.get("client") is not None:
       self.client.load_state_dict(state["client"])
-    return self.buffer.load_state_dict(state["buffer"])
+    restaged = self.buffer.load_state_dict(state["buffer"])
+    # Accepted after the checkpoint, so produced by requests the checkpoint holds and that are now re-submitted.
+    self._replayed = set(state.get("replayed", ())) | (set(restaged) if state.get("client") is not None else set())
+    return restaged
 
   def close(self) -> None:
     if self.client is not None:

@@ -81,6 +81,10 @@ class LocalRequestQueue:
   def pop(self) -> Request | None:
     return self._q.popleft() if self._q else None
 
+  def requests(self) -> list[Request]:
+    """The waiting requests, oldest first (a copy: for the checkpoint)."""
+    return list(self._q)
+
   def __len__(self) -> int:
     return len(self._q)
 

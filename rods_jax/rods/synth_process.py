@@ -7,12 +7,19 @@ the time draining took and the worker seconds the trainer would have waited had 
 
 ``synth_factory`` is a picklable zero-argument callable that builds ``synth_fn`` inside the worker (spawn context:
 nothing heavy is pickled, and the worker never inherits the trainer's JAX state).
+
+``synthesis.lag_steps`` = L >= 0 makes arrival independent of timing: the poll of step s returns exactly the outcomes
+of the requests submitted up to step s - L (waiting for any still missing, holding back any that came early), in
+request order. L = -1 returns whatever is ready. The client's checkpointed state holds every request not yet
+returned (waiting, in flight, or held back), so a resumed run re-submits them instead of losing them.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import multiprocessing as mp
+import os
+import threading
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -76,12 +83,39 @@ def run_worker(channel, synth_factory: Callable[[], SynthFn], seed: int, stop=No
   return served
 
 
+def _text(record: np.ndarray) -> str:
+  """A task record (UTF-8 JSON bytes) as the string it encodes, for the JSON checkpoint."""
+  return record.tobytes().decode("utf-8")
+
+
+def _record(text: str | None) -> np.ndarray | None:
+  return None if text is None else np.frombuffer(text.encode("utf-8"), np.uint8).copy()
+
+
 class _NeverSet:
   def is_set(self) -> bool:
     return False
 
 
-def _process_main(request_q, result_q, stop, synth_factory, seed):
+def exit_with_parent(parent_pid: int, period_s: float = 0.25) -> threading.Thread:
+  """Ends this process (``os._exit``) within ``period_s`` of the process ``parent_pid`` dying, from a daemon thread,
+  so it fires even while synthesis is busy. A trainer killed with SIGKILL runs no cleanup; without this its worker
+  (and, through the pipe the worker inherits, the multiprocessing resource tracker) would live on under PID 1.
+  Polling the parent pid rather than ``prctl(PR_SET_PDEATHSIG)``: that signal fires when the spawning *thread* ends,
+  which would kill a healthy worker started from a short-lived thread."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(period_s)
+    os._exit(0)  # pylint: disable=protected-access  # nobody is left to read results: no flushing, no cleanup
+
+  thread = threading.Thread(target=watch, daemon=True, name="rods-parent-watch")
+  thread.start()
+  return thread
+
+
+def _process_main(request_q, result_q, stop, synth_factory, seed, parent_pid):
+  exit_with_parent(parent_pid)
   try:
     run_worker(QueueChannel(request_q, result_q), synth_factory, seed, stop)
   finally:
@@ -89,7 +123,8 @@ def _process_main(request_q, result_q, stop, synth_factory, seed):
     result_q.cancel_join_thread()
 
 
-def _exchange_main(root, request_limit, result_limit, stop, synth_factory, seed):
+def _exchange_main(root, request_limit, result_limit, stop, synth_factory, seed, parent_pid):
+  exit_with_parent(parent_pid)
   run_worker(DirExchange(root, request_limit, result_limit), synth_factory, seed, stop)
 
 
@@ -157,6 +192,13 @@ class SynthClient:
     self._window = max(2, int(synthesis_cfg.request_queue_size) // 2)
     self._in_flight: dict[int, Request] = {}
     self._next_id = 0
+    self._lag = int(synthesis_cfg.lag_steps)
+    if self._lag < -1:
+      raise ValueError(f"config.synthesis.lag_steps must be >= -1, got {self._lag}")
+    if self._lag >= 0 and self._exchange_dir:
+      raise ValueError("config.synthesis.lag_steps >= 0 needs the local worker (synthesis.exchange_dir='')")
+    self._marks: list[int] = []  # next request id at each of the last lag_steps + 1 polls
+    self._held: dict[int, Outcome] = {}  # arrived before their poll (lag_steps >= 0)
     self.stats = ClientStats()
     self._ctx = mp.get_context("spawn")
     self._proc = None
@@ -171,13 +213,13 @@ class SynthClient:
     self._stop = self._ctx.Event()
     if self._exchange is not None:
       args = (self._exchange.root, self._exchange.request_limit, self._exchange.result_limit, self._stop,
-              self._factory, self._seed)
+              self._factory, self._seed, os.getpid())
       target = _exchange_main
     else:
       # Fresh queues on every start: a killed worker may have died holding a queue's lock.
       self._req_q = self._ctx.Queue(maxsize=self._window + 1)
       self._res_q = self._ctx.Queue(maxsize=self._result_size)
-      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed)
+      args = (self._req_q, self._res_q, self._stop, self._factory, self._seed, os.getpid())
       target = _process_main
     self._proc = self._ctx.Process(target=target, args=args, daemon=True, name="rods-synthesizer")
     self._proc.start()
@@ -216,26 +258,46 @@ class SynthClient:
     return dropped
 
   def poll(self) -> Poll:
-    """Drains ready outcomes and feeds the worker; never waits for synthesis (except in inline mode)."""
+    """Drains ready outcomes and feeds the worker. With ``lag_steps`` = -1 it never waits for synthesis (except in
+    inline mode); with L >= 0 it returns the outcomes of the requests submitted up to L polls ago (module doc)."""
     t0 = time.perf_counter()
-    self.ensure_alive()
-    if self._exchange is not None:
-      outs = self._exchange.drain_results()
-    elif not self._process:
-      outs = self._run_inline()
+    if self._lag < 0:
+      outs = self._receive()
     else:
-      outs = []
-      while True:
-        try:
-          item = self._res_q.get_nowait()
-        except Exception:  # pylint: disable=broad-except  # queue.Empty, or a broken pipe from a dead worker
-          break
-        outs.append(outcome_from_tuple(item))
-      for o in outs:
-        self._in_flight.pop(o.request_id, None)
-      self._feed()
+      self._marks = (self._marks + [self._next_id])[-(self._lag + 1):]
+      due = self._marks[0] if len(self._marks) == self._lag + 1 else 0
+      for o in self._receive():
+        self._held[o.request_id] = o
+      while any(rid < due for rid in self._waiting_ids()):
+        time.sleep(0.005)  # the worker is behind: this wait is the synchronous cost, measured in drain_s
+        for o in self._receive():
+          self._held[o.request_id] = o
+      outs = [self._held.pop(rid) for rid in sorted(self._held) if rid < due]
     self.stats.received += len(outs)
     return Poll(outcomes=outs, drain_s=time.perf_counter() - t0, would_wait_s=float(sum(o.seconds for o in outs)))
+
+  def _waiting_ids(self) -> list[int]:
+    """Ids of the requests without an outcome yet: in flight on the worker, or waiting in the trainer's queue."""
+    return [*self._in_flight, *(r.request_id for r in self._pending.requests())]
+
+  def _receive(self) -> list[Outcome]:
+    """Whatever outcomes are ready now (restarting a dead worker first)."""
+    self.ensure_alive()
+    if self._exchange is not None:
+      return self._exchange.drain_results()
+    if not self._process:
+      return self._run_inline()
+    outs = []
+    while True:
+      try:
+        item = self._res_q.get_nowait()
+      except Exception:  # pylint: disable=broad-except  # queue.Empty, or a broken pipe from a dead worker
+        break
+      outs.append(outcome_from_tuple(item))
+    for o in outs:
+      self._in_flight.pop(o.request_id, None)
+    self._feed()
+    return outs
 
   def _feed(self) -> None:
     while len(self._in_flight) < self._window and len(self._pending):
@@ -270,8 +332,16 @@ class SynthClient:
             "synth/result_depth": res}
 
   def state_dict(self) -> dict[str, Any]:
-    """Request numbering and counters: a resumed run never reuses a request id (ids seed the worker's RNG)."""
-    return {"next_request_id": self._next_id, "seed": self._seed, "stats": dataclasses.asdict(self.stats)}
+    """Request numbering, counters, the lag marks, every request without an outcome yet (in flight or waiting) and
+    the outcomes held back for a later poll: a resumed run re-submits the requests and returns the held outcomes,
+    so no synthesis work in flight is lost. Request ids are never reused (they seed the worker's RNG, so a
+    deterministic synth_fn gives a re-submitted request the same outcome)."""
+    waiting = [self._in_flight[k] for k in sorted(self._in_flight)] + self._pending.requests()
+    return {"next_request_id": self._next_id, "seed": self._seed, "stats": dataclasses.asdict(self.stats),
+            "marks": list(self._marks),
+            "waiting": [{"id": r.request_id, "mode": r.mode, "record": _text(r.record)} for r in waiting],
+            "held": [{"id": o.request_id, "seed_id": o.seed_id, "record": None if o.record is None else _text(o.record),
+                      "failure": o.failure, "seconds": o.seconds} for _, o in sorted(self._held.items())]}
 
   def load_state_dict(self, state: dict[str, Any]) -> None:
     self._next_id = int(state["next_request_id"])
@@ -281,6 +351,11 @@ class SynthClient:
       if self._proc is not None:  # the running worker has the old seed
         self.close()
         self._start()
+    self._marks = [int(m) for m in state["marks"]]
+    self._held = {int(o["id"]): Outcome(int(o["id"]), str(o["seed_id"]), _record(o["record"]), str(o["failure"]),
+                                        float(o["seconds"])) for o in state["held"]}
+    # Oldest first, ahead of anything submitted from now on; nothing was handed to the new worker yet.
+    self._pending.push_front([Request(int(r["id"]), _record(r["record"]), str(r["mode"])) for r in state["waiting"]])
 
   def close(self, timeout: float = 5.0) -> None:
     if self._proc is None:
