@@ -182,6 +182,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_every_trajectories = 6_400
   c.train.eval_k = 1  # greedy held-out evaluation
   c.train.eval_max_tasks = 400
+  # Split of the held-out evaluations during training. "test" keeps every committed curve's protocol and is the one
+  # split bfcl has; a study that makes choices on the curves sets "validation" (toolworld), so that the test split is
+  # touched only by final evaluations (launch.evaluate, launch.study).
+  c.train.eval_split = "test"
 
   # --- checkpoints and logging ---
   c.checkpoint = ml_collections.ConfigDict()
