@@ -158,3 +158,24 @@ def test_warmup_evaluation_copy_reads_its_own_split(tmp_path):
   study_results.save(str(warm), "_warmup_eval", str(results), "test")
   assert json.loads((results / "warmup_final_eval.json").read_text())["n_tasks"] == 400
   assert study_results.is_done(str(results), "_warmup_eval")
+
+
+def test_every_planned_run_config_validates():
+  """Each run of each plan, as launch.train would build it (arm config + the run's overrides), passes validation."""
+  import importlib
+
+  from rods_jax import config_validation
+  for name in study_plans.PLANS:
+    plan = study_plans.make(name, pilot_steps=100, late_warmup=True)
+    for run_name, run in plan.runs.items():
+      config = importlib.import_module(f"configs.{run.arm}").get_config("lab")
+      for key, value in run.overrides.items():
+        *sections, leaf = key.split(".")
+        node = config
+        for s in sections:
+          node = node[s]
+        node[leaf] = value
+      try:
+        config_validation.validate(config, 1)
+      except ValueError as e:
+        raise AssertionError(f"{name}/{run_name}: {e}") from e
