@@ -16,9 +16,10 @@ import shutil
 
 from absl import app, flags
 
-# The HF layout the lab loads (hf_loader.load_hf_checkpoint, load_tokenizer) and the warm-up's history.
-FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-         "sft_history.json")
+# The HF layout the lab loads (hf_loader.load_hf_checkpoint, load_tokenizer) and the warm-up's history; every other
+# file of the directory (e.g. special_tokens_map.json) is pinned too, except the per-step log the history repeats.
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "sft_history.json")
+NOT_PINNED = ("sft_metrics.jsonl",)
 MANIFEST = "MANIFEST.json"
 
 
@@ -31,16 +32,18 @@ def sha256(path: str) -> str:
 
 
 def pin(src: str, dst: str, made_by: str, code: str) -> dict:
-  """Copies ``FILES`` from ``src`` to ``dst`` and writes the manifest and README; returns the manifest."""
-  missing = [f for f in FILES if not os.path.exists(os.path.join(src, f))]
+  """Copies the files of ``src`` (``REQUIRED`` and the rest but ``NOT_PINNED``) to ``dst`` and writes the manifest
+  and README; returns the manifest."""
+  missing = [f for f in REQUIRED if not os.path.exists(os.path.join(src, f))]
   if missing:
     raise FileNotFoundError(f"--src={src} lacks {missing} (not a finished warm-up checkpoint)")
+  files = sorted(f for f in os.listdir(src) if os.path.isfile(os.path.join(src, f)) and f not in NOT_PINNED)
   os.makedirs(dst, exist_ok=True)
-  for f in FILES:
+  for f in files:
     shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
   with open(os.path.join(dst, "sft_history.json")) as f:
     hist = json.load(f)
-  manifest = {"files": {f: sha256(os.path.join(dst, f)) for f in FILES}, "made_by": made_by, "code": code,
+  manifest = {"files": {f: sha256(os.path.join(dst, f)) for f in files}, "made_by": made_by, "code": code,
               "selected_step": hist["best_step"], "exported_step": hist.get("exported_step", hist["best_step"])}
   with open(os.path.join(dst, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1, sort_keys=True)

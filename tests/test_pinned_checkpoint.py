@@ -9,7 +9,7 @@ from launch import pin_checkpoint
 
 def _fake_warmup(d, exported_step=None):
   os.makedirs(d)
-  for name in pin_checkpoint.FILES:
+  for name in (*pin_checkpoint.REQUIRED, "special_tokens_map.json"):
     with open(os.path.join(d, name), "w") as f:
       f.write(json.dumps({"name": name}))
   hist = {"best_step": 700, "history": []}
@@ -25,7 +25,9 @@ def test_pin_records_sha256_and_command_and_verify_catches_changes(tmp_path):
   src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
   _fake_warmup(src, exported_step=1000)
   m = pin_checkpoint.pin(src, dst, "python -m launch.warmup --x=1", "abc1234")
-  assert sorted(os.listdir(dst)) == sorted([*pin_checkpoint.FILES, "MANIFEST.json", "README.md"])
+  pinned = [*pin_checkpoint.REQUIRED, "special_tokens_map.json"]  # not the per-step log
+  assert sorted(os.listdir(dst)) == sorted([*pinned, "MANIFEST.json", "README.md"]) and sorted(m["files"]) == sorted(
+      pinned)
   assert m["selected_step"] == 700 and m["exported_step"] == 1000 and m["made_by"] == "python -m launch.warmup --x=1"
   assert m["files"]["config.json"] == pin_checkpoint.sha256(os.path.join(src, "config.json"))
   readme = open(os.path.join(dst, "README.md")).read()

@@ -194,6 +194,15 @@ def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, rendere
   for x, y in zip(jax.tree.leaves(nnx.state(kept_model, nnx.Param)), jax.tree.leaves(result.best_params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   c.sft.keep_evaluated = False  # the continuation below writes only its selection
+  # pinned in a repository (launch.pin_checkpoint), the copy holds everything the loaders need, and verifies
+  from launch import pin_checkpoint
+  pinned = str(tmp_path / "pinned")
+  manifest = pin_checkpoint.pin(out, pinned, "python -m launch.warmup ...", "test")
+  assert pin_checkpoint.verify(pinned) == manifest and manifest["selected_step"] == result.best_step
+  pinned_model, _ = hf_loader.load_hf_checkpoint(pinned)
+  for x, y in zip(jax.tree.leaves(nnx.state(pinned_model, nnx.Param)), jax.tree.leaves(result.best_params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(hf_loader.load_tokenizer(pinned)) == len(tok)
   assert result.best_step in (1, 2) and result.best_score is not None
   assert os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json"))
   loaded, cfg = hf_loader.load_hf_checkpoint(out)
