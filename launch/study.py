@@ -65,6 +65,11 @@ def _evaluate_args(workdir: str, warmup: str, extra: dict, split: str, checkpoin
 
 
 def _overrides(extra: dict) -> list[str]:
+  # A key given twice would be decided by flag order; a run's own value (a pilot cell, a seed) must not be lost.
+  clash = sorted({o.split("=", 1)[0] for o in FLAGS.override} & set(extra))
+  if clash:
+    raise app.UsageError(f"--override of {clash} clashes with the run's own value (set it with the study's flags "
+                         "or in launch.study_plans)")
   return [f"--config.{k}={v}" for k, v in extra.items()] + [f"--config.{o}" for o in FLAGS.override]
 
 

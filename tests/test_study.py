@@ -136,6 +136,9 @@ def test_pilot_command_evaluates_on_validation_with_one_value_per_key(tmp_path):
     warm_argv = study.command(study.WARMUP_EVAL, plan)
     with pytest.raises(app.UsageError, match="--warmup_late=''"):
       study.command("x", plan._replace(runs={"x": study_plans.Run("static", {}, "warmup_late")}))
+    flags.FLAGS.override = ["optim.lr=1e-4"]  # would silently replace the pilot cell's own learning rate
+    with pytest.raises(app.UsageError, match=r"--override of \['optim.lr'\] clashes"):
+      study.command("pilot_lr0.001_r256_p32", plan)
   finally:
     flags.FLAGS.unparse_flags()
   train, evaluate = argv[2][len("set -e; "):].split("; ")
