@@ -125,6 +125,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft.grad_clip = 1.0  # global-norm clip of the warm-up (lab prototype: 1.0)
   c.sft.rerandomize = True  # toolworld: re-draw each seed's world every time it is sampled (anti-memorisation, §5)
   c.sft.eval_tasks = 64  # seeds (canonical worlds) rolled out K times at each zone evaluation
+  # Also export every evaluated step to <out>_step<N> (HF layout): the selection keeps the least depleted
+  # checkpoint, and a study wanting a more depleted pool can pick a later one without re-running the warm-up.
+  c.sft.keep_evaluated = False
   c.sft.logit_chunk = 0  # as grpo.logit_chunk
 
   # --- RODS (rods_jax/rods) ---
@@ -196,6 +199,10 @@ def get_config() -> ml_collections.ConfigDict:
   # roll out step t+1 (with the policy before update t, one update stale) while update t runs; the loss then uses
   # the sampler's log-probs as the behaviour policy (PPO ratio and clip act on the staleness)
   c.train.overlap = False
+  # Split of the held-out evaluations during training. "test" keeps every committed curve's protocol and is the one
+  # split bfcl has; a study that makes choices on the curves sets "validation" (toolworld), so that the test split is
+  # touched only by final evaluations (launch.evaluate, launch.study).
+  c.train.eval_split = "test"
 
   # --- checkpoints and logging ---
   c.checkpoint = ml_collections.ConfigDict()

@@ -1,11 +1,12 @@
-r"""Held-out evaluation of a run's latest checkpoint (or any HF-layout checkpoint) on the test split.
+r"""Held-out evaluation of a run's latest checkpoint (or any HF-layout checkpoint) on the test split (or, with
+``--split=validation``, on toolworld's validation split: for choices made before a study's final evaluation).
 
   python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods                  # latest run checkpoint, greedy
   python -m launch.evaluate --config=configs/rods.py --workdir=runs/rods --step=400 --k=8  # sampled: pass@j, pass^j
   python -m launch.evaluate --config=configs/static.py:paper --checkpoint_dir=/ckpt/Qwen3-4B --workdir=runs/base
 
 Runs ``rods_jax.eval.evaluate`` (success and mean R_P overall and per category; unbiased pass@j and pass^j when
-sampled) and writes ``<out_dir>/standalone_<source>_<mode>_k<k>.json`` (default out_dir: ``<workdir>/eval``).
+sampled) and writes ``<out_dir>/standalone_<source>[_validation]_<mode>_k<k>.json`` (default out_dir: ``<workdir>/eval``).
 """
 import os
 from typing import Any, NamedTuple
@@ -30,6 +31,8 @@ def define_flags(fv: flags.FlagValues, argv: list[str] | None = None) -> None:
   flags.DEFINE_integer("max_tasks", 0, "Evaluate the first N test tasks (0 = config.train.eval_max_tasks).",
                        flag_values=fv)
   flags.DEFINE_string("out_dir", "", "Directory of the output JSON (default: <workdir>/eval).", flag_values=fv)
+  flags.DEFINE_string("split", "", "Held-out split ('' = config.env.test_split; validation: toolworld's split for "
+                      "pilots and other choices made before the final evaluation).", flag_values=fv)
   flags.DEFINE_integer("chunk", 64, "Tasks per rollout call.", flag_values=fv)
   flags.mark_flags_as_required(["config", "workdir"], flag_values=fv)
   distributed.define_flags(fv)
@@ -102,30 +105,37 @@ def load_policy(config, workdir: str, checkpoint_dir: str = "", step: int | None
 
 
 def evaluate(config, workdir: str, checkpoint_dir: str = "", step: int | None = None, out_dir: str | None = None,
-             chunk: int = 64):
-  """``rods_jax.eval.evaluate`` of ``load_policy(...)`` on the config's test split -> (EvalResult, source).
+             chunk: int = 64, split: str | None = None):
+  """``rods_jax.eval.evaluate`` of ``load_policy(...)`` on held-out ``split`` (None: the config's test split) ->
+  (EvalResult, source).
 
   ``config.train.eval_k`` rollouts per task: 1 = greedy, more = sampled at the rollout temperature."""
   import jax
 
-  from rods_jax import envs
+  from rods_jax import config_validation, envs
   from rods_jax import eval as eval_lib
   from rods_jax.rollout.engine import MultiTurnEngine
   from rods_jax.rollout.render import ChatRenderer
 
+  split = config.env.test_split if split is None else split
+  known = config_validation.ENV_SPLITS[config.env.name]["eval_split"]
+  if split not in known:
+    raise ValueError(f"--split={split!r} is not a held-out split of {config.env.name} {known}")
   policy = load_policy(config, workdir, checkpoint_dir, step)
   env = envs.make_env(config.env.name, config.env)
   k = int(config.train.eval_k)
   mode = "greedy" if k == 1 else "sampled"
-  logging.info("evaluating %s on %s/%s (%s, k=%d)", policy.source, config.env.name, config.env.test_split, mode, k)
+  logging.info("evaluating %s on %s/%s (%s, k=%d)", policy.source, config.env.name, split, mode, k)
   engine = MultiTurnEngine(policy.graphdef, policy.tokenizer, ChatRenderer(policy.tokenizer), config.rollout,
                            policy.model_cfg, mesh=policy.mesh)
-  tasks = env.load_tasks(config.env.test_split)[:int(config.train.eval_max_tasks)]
+  tasks = env.load_tasks(split)[:int(config.train.eval_max_tasks)]
   rollout_fn = eval_lib.engine_rollout_fn(engine, policy.params, env, config.rollout)
+  # A validation evaluation is named apart, so it can never be read as (or overwrite) the test split's.
+  tag = f"standalone_{policy.source}" + ("" if split == config.env.test_split else f"_{split}")
   result = eval_lib.evaluate(rollout_fn, tasks, mode=mode, k=k, rng=jax.random.key(int(config.seed)), chunk=chunk,
-                             out_dir=out_dir, tag=f"standalone_{policy.source}",
+                             out_dir=out_dir, tag=tag,
                              extra={"source": policy.source, "arm": config.arm, "env": config.env.name,
-                                    "split": config.env.test_split})
+                                    "split": split})
   return result, policy.source
 
 
@@ -136,7 +146,8 @@ def run(fv: flags.FlagValues):
   distributed.initialize_from_flags(fv)
   config = apply_flags(fv.config, fv.k, fv.max_tasks)
   out_dir = fv.out_dir or os.path.join(fv.workdir, "eval")
-  result, _ = evaluate(config, fv.workdir, fv.checkpoint_dir, None if fv.step < 0 else fv.step, out_dir, fv.chunk)
+  result, _ = evaluate(config, fv.workdir, fv.checkpoint_dir, None if fv.step < 0 else fv.step, out_dir, fv.chunk,
+                       fv.split if fv.split else None)
   if result.path is not None:
     for key in sorted(result.metrics):
       value = result.metrics[key]

@@ -2,13 +2,14 @@ r"""The quick start: the CPU lab end to end in a few minutes, then a before/afte
 
   python -m launch.quickstart --workdir=runs/quickstart        # (what `make quickstart` runs)
 
-1. builds the lab tokenizer and the ``lab_tiny`` model from scratch;
-2. supervised warm-up on the 400 toolworld seeds (world re-randomised per sample, checkpoint picked by seed zones);
-3. RODS (configs/rods.py): K rollouts per task, GRPO, boundary detection, template synthesis, dynamic buffer;
-4. held-out greedy evaluation before and after RODS on a category-balanced subset of the test split;
-5. prints the table and writes plots (learning curve, zone fractions, pool composition) into the workdir.
+1. builds the lab tokenizer and ``lab_tiny`` from scratch and runs a short supervised warm-up of ``--sft_steps`` on
+   the 400 toolworld seeds, or starts from a warm-up checkpoint (``--init_checkpoint``, e.g. a pinned
+   ``checkpoints/lab_warmup`` made by ``launch.pin_checkpoint``; none is committed yet);
+2. RODS (configs/rods.py): K rollouts per task, GRPO, boundary detection, template synthesis, dynamic buffer;
+3. held-out greedy evaluation before and after RODS on a category-balanced subset of the test split;
+4. prints the table and writes plots (learning curve, zone fractions, pool composition) into the workdir.
 
-The sizes are the CPU-lab defaults shrunk to minutes; every field can be overridden (``--config.sft.steps=600``).
+The sizes are the CPU-lab defaults shrunk to minutes; every field can be overridden (``--config.rods.p_max=50``).
 The run resumes from its checkpoints if interrupted.
 """
 import glob
@@ -21,7 +22,9 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/rods.py", "Arm config (default: RODS, CPU lab).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Run directory.")
-_SFT_STEPS = flags.DEFINE_integer("sft_steps", 120, "Supervised warm-up steps (lab default 600).")
+_INIT = flags.DEFINE_string("init_checkpoint", "", "Warm-up checkpoint (HF layout and "
+                            "tokenizer) RODS starts from; '' = build the lab from scratch and warm up --sft_steps.")
+_SFT_STEPS = flags.DEFINE_integer("sft_steps", 120, "Supervised warm-up steps without --init_checkpoint.")
 _TRAJECTORIES = flags.DEFINE_integer("trajectories", 768, "GRPO trajectory budget (tasks_per_step * k per step).")
 _EVAL_TASKS = flags.DEFINE_integer("eval_tasks", 60, "Held-out tasks evaluated (balanced over the 4 categories).")
 
@@ -29,8 +32,15 @@ CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
 
 
 def quick_config(config):
-  """The CPU-lab config shrunk to minutes: fewer SFT steps, a small GRPO budget, evaluation before and after."""
-  config.sft.steps = _SFT_STEPS.value
+  """The CPU-lab config shrunk to minutes: the committed warm-up (or a few SFT steps), a small GRPO budget,
+  evaluation before and after."""
+  if _INIT.value:
+    if not os.path.exists(os.path.join(_INIT.value, "config.json")):
+      raise app.UsageError(f"--init_checkpoint={_INIT.value!r} has no config.json (run from the repository root, "
+                           "or pass --init_checkpoint='' to warm up from scratch)")
+    config.sft.init_checkpoint = os.path.abspath(_INIT.value)
+    config.model.tokenizer_dir = os.path.abspath(_INIT.value)  # the tokenizer the checkpoint was trained with
+  config.sft.steps = _SFT_STEPS.value  # not run when sft.init_checkpoint is set
   config.sft.seq_len = 384  # SFT pads every batch to seq_len: 384 instead of 512 saves a quarter of its time
   config.sft.eval_every = max(1, _SFT_STEPS.value // 3)
   config.sft.eval_tasks = 32
@@ -85,7 +95,8 @@ def main(argv):
   print(f"pool: {last.get('pool/seeds', '?')} seeds + {last.get('pool/generated', 0)} generated; synthesis accepted "
         f"{last.get('synth/accepted', 0)}, injected {last.get('synth/injected', 0)}")
   print(table(before, after))
-  print(f"before = after supervised warm-up ({before['trajectories']} trajectories); after = {after['trajectories']} "
+  start = f"the warm-up {config.sft.init_checkpoint}" if _INIT.value else "after supervised warm-up"
+  print(f"before = {start} ({before['trajectories']} trajectories); after = {after['trajectories']} "
         f"GRPO trajectories. {before['eval/n_tasks']} held-out toolworld tasks.")
   print("plots:", *plots, sep="\n  ")
 

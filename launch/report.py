@@ -39,47 +39,67 @@ def compact(study_dir: str, runs_dir: str) -> list[str]:
   """Copies the report's keys of every run in ``study_dir`` into ``runs_dir`` (gzip JSONL), with each run's final
   full-split evaluation, and the warm-up checkpoint's (``<study_dir>/_warmup_eval``: launch.evaluate --out_dir and
   the warm-up's sft_history.json, both written by launch.study)."""
+  compact_warmup(os.path.join(study_dir, "_warmup_eval"), runs_dir)
   names = []
-  warm_dir = os.path.join(study_dir, "_warmup_eval")
-  warm = _standalone_eval(warm_dir, r"^standalone_.*_greedy_k1\.json$")
+  for name in sorted(os.listdir(study_dir)):
+    if compact_run(os.path.join(study_dir, name), os.path.join(runs_dir, name)):
+      names.append(name)
+  return names
+
+
+def compact_warmup(warm_dir: str, runs_dir: str, prefix: str = "warmup", split: str = "test") -> list[str]:
+  """A warm-up checkpoint's evaluation and history (written by launch.study into ``warm_dir``) as
+  ``<runs_dir>/<prefix>_final_eval.json`` and ``<prefix>_sft_history.json``; returns the files written."""
+  written = []
+  # (?<!_validation): a test-split reading never picks up the same directory's validation evaluation
+  warm = _standalone_eval(warm_dir, rf"^standalone_.*(?<!_validation){_split_tag(split)}_greedy_k1\.json$")
   if warm is not None:
     os.makedirs(runs_dir, exist_ok=True)
-    with open(os.path.join(runs_dir, "warmup_final_eval.json"), "w") as f:
+    written.append(os.path.join(runs_dir, f"{prefix}_final_eval.json"))
+    with open(written[-1], "w") as f:
       json.dump(warm, f)
   if os.path.exists(os.path.join(warm_dir, "sft_history.json")):  # the warm-up's calibration history
     os.makedirs(runs_dir, exist_ok=True)
-    shutil.copy(os.path.join(warm_dir, "sft_history.json"), os.path.join(runs_dir, "warmup_sft_history.json"))
-  for name in sorted(os.listdir(study_dir)):
-    src = os.path.join(study_dir, name)
-    if not os.path.exists(os.path.join(src, metrics_lib.JSONL_NAME)):
-      continue
-    dst = os.path.join(runs_dir, name)
-    os.makedirs(dst, exist_ok=True)
-    recs = metrics_lib.load_run(src)
-    with gzip.open(os.path.join(dst, "metrics.jsonl.gz"), "wt", encoding="utf-8") as f:
-      for r in recs:
-        f.write(json.dumps({k: v for k, v in r.items() if KEEP.match(k)}) + "\n")
-    ev = os.path.join(src, "pool_events.jsonl")
-    with gzip.open(os.path.join(dst, "events.jsonl.gz"), "wt", encoding="utf-8") as f:
-      if os.path.exists(ev):
-        with open(ev, encoding="utf-8") as g:
-          shutil.copyfileobj(g, f)
-    if os.path.exists(os.path.join(src, "config.json")):
-      shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
-    final = _standalone_eval(os.path.join(src, "eval"))
-    if final is not None:
-      with open(os.path.join(dst, "final_eval.json"), "w") as f:
-        json.dump(final, f)
-    sft_hist = os.path.join(src, "offline_sft", "warmup", "sft_history.json")  # the offline arm's supervised stage
-    if os.path.exists(sft_hist):
-      with open(sft_hist) as f:
-        hist = json.load(f)
-      own = [h for h in hist["history"] if h["step"] > hist.get("continued_from", {}).get("steps", 0)]
-      with open(os.path.join(dst, "sft_summary.json"), "w") as f:  # only its own steps, not the shared warm-up's
-        json.dump({"steps": len(own), "best_step": hist["best_step"], "tokens": sum(h.get("tokens", 0) for h in own)},
-                  f)
-    names.append(name)
-  return names
+    written.append(os.path.join(runs_dir, f"{prefix}_sft_history.json"))
+    shutil.copy(os.path.join(warm_dir, "sft_history.json"), written[-1])
+  return written
+
+
+def _split_tag(split: str) -> str:
+  # launch.evaluate names a non-test evaluation standalone_<source>_<split>_...
+  return "" if split == "test" else f"_{split}"
+
+
+def compact_run(src: str, dst: str, split: str = "test") -> bool:
+  """One run's compact logs (the report's keys), config and final ``split`` evaluation from its workdir ``src``
+  into ``dst``; False (nothing written) when ``src`` holds no metrics."""
+  if not os.path.exists(os.path.join(src, metrics_lib.JSONL_NAME)):
+    return False
+  os.makedirs(dst, exist_ok=True)
+  recs = metrics_lib.load_run(src)
+  with gzip.open(os.path.join(dst, "metrics.jsonl.gz"), "wt", encoding="utf-8") as f:
+    for r in recs:
+      f.write(json.dumps({k: v for k, v in r.items() if KEEP.match(k)}) + "\n")
+  ev = os.path.join(src, "pool_events.jsonl")
+  with gzip.open(os.path.join(dst, "events.jsonl.gz"), "wt", encoding="utf-8") as f:
+    if os.path.exists(ev):
+      with open(ev, encoding="utf-8") as g:
+        shutil.copyfileobj(g, f)
+  if os.path.exists(os.path.join(src, "config.json")):
+    shutil.copy(os.path.join(src, "config.json"), os.path.join(dst, "config.json"))
+  final = _standalone_eval(os.path.join(src, "eval"), rf"^standalone_step(\d+){_split_tag(split)}_greedy_k1\.json$")
+  if final is not None:
+    with open(os.path.join(dst, "final_eval.json"), "w") as f:
+      json.dump(final, f)
+  sft_hist = os.path.join(src, "offline_sft", "warmup", "sft_history.json")  # the offline arm's supervised stage
+  if os.path.exists(sft_hist):
+    with open(sft_hist) as f:
+      hist = json.load(f)
+    own = [h for h in hist["history"] if h["step"] > hist.get("continued_from", {}).get("steps", 0)]
+    with open(os.path.join(dst, "sft_summary.json"), "w") as f:  # only its own steps, not the shared warm-up's
+      json.dump({"steps": len(own), "best_step": hist["best_step"], "tokens": sum(h.get("tokens", 0) for h in own)},
+                f)
+  return True
 
 
 def _standalone_eval(eval_dir: str, pattern: str = r"^standalone_step(\d+)_greedy_k1\.json$") -> dict | None:

@@ -21,8 +21,9 @@ import ml_collections
 
 DTYPES = ("float32", "bfloat16")
 SYNTHESIS_BACKENDS = ("template", "sampler", "openai")
-ENV_SPLITS = {"toolworld": {"seed_split": ("seeds", "offline"), "test_split": ("test",)},
-              "bfcl": {"seed_split": ("train",), "test_split": ("test",)}}
+ENV_SPLITS = {"toolworld": {"seed_split": ("seeds", "offline"), "test_split": ("test",),
+                            "eval_split": ("test", "validation")},
+              "bfcl": {"seed_split": ("train",), "test_split": ("test",), "eval_split": ("test",)}}
 
 
 class ConfigError(ValueError):
@@ -144,6 +145,7 @@ def _check_names(c) -> None:
   splits = ENV_SPLITS[c.env.name]
   _one_of("env.seed_split", c.env.seed_split, splits["seed_split"])
   _one_of("env.test_split", c.env.test_split, splits["test_split"])
+  _one_of("train.eval_split", c.train.eval_split, splits["eval_split"])
   _one_of("grpo.advantage", c.grpo.advantage, advantages.ADVANTAGES)
   _one_of("grpo.loss", c.grpo.loss, losses.LOSSES)
   _one_of("grpo.aggregation", c.grpo.aggregation, losses.AGGREGATIONS)

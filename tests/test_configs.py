@@ -444,3 +444,30 @@ def test_every_config_field_has_a_reader():
   unread = [key for key in leaves(base.get_config().to_dict())
             if not re.search(r"(\.|[\"'])" + re.escape(key.split(".")[-1]) + r"\b", text)]
   assert not unread, f"config fields nothing reads: {unread}"
+
+
+def test_eval_split_selects_the_held_out_tasks_of_training_and_is_checked(tmp_path, small_tokenizer):
+  """train.eval_split=validation: the curves are measured on the validation split (round-robin over categories);
+  bfcl has no such split, and a misspelt split fails at validation, before anything is built."""
+  from launch import evaluate
+  from rods_jax import config_validation
+  from rods_jax.rods import loop
+  config = _load("static")
+  config.model.tokenizer_dir, config.sft.steps, config.logging.tensorboard = small_tokenizer, 0, False
+  config.train.eval_split, config.train.eval_max_tasks = "validation", 8
+  parts = loop.build(config, str(tmp_path / "run"))
+  try:
+    assert [t.lineage.origin for t in parts.test_tasks] == ["validation"] * 8
+    assert sorted(t.category for t in parts.test_tasks) == sorted(2 * ["base", "miss_func", "miss_param",
+                                                                        "long_context"])
+  finally:
+    parts.close()
+  config.train.eval_split = "valid"
+  with pytest.raises(ValueError, match=r"config.train.eval_split='valid' is not one of"):
+    config_validation.validate(config, 1)
+  bfcl = _load("static", "paper")
+  bfcl.train.eval_split = "validation"
+  with pytest.raises(ValueError, match=r"config.train.eval_split='validation'"):
+    config_validation.validate(bfcl, 16)
+  with pytest.raises(ValueError, match=r"--split='validation' is not a held-out split of bfcl"):
+    evaluate.evaluate(bfcl, str(tmp_path), split="validation")

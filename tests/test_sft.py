@@ -181,10 +181,28 @@ def test_warm_up_writes_the_selected_checkpoint(env, seeds, tok, config, rendere
   c.sft.steps, c.sft.eval_every, c.sft.eval_tasks, c.sft.batch_size, c.sft.seq_len = 2, 1, 2, 4, 200
   c.rollout.k, c.rollout.tasks_per_step, c.rollout.max_tokens_per_message = 2, 2, 8
   c.rollout.max_trajectory_tokens, c.rollout.cache_capacity = 160, 192
+  c.sft.keep_evaluated = True
   model = tiny_model(len(tok))
   model_cfg = model.cfg
   out = str(tmp_path / "warmup")
   result = sft.warm_up(model, model_cfg, env, tok, c, out, tasks=seeds[:8])
+  # keep_evaluated: every evaluated step is also exported, and the selected one equals the selection's export
+  for s in (1, 2):
+    kept = json.load(open(os.path.join(sft.evaluated_dir(out, s), "sft_history.json")))
+    assert kept["exported_step"] == s and kept["best_step"] == result.best_step
+  kept_model, _ = hf_loader.load_hf_checkpoint(sft.evaluated_dir(out, result.best_step))
+  for x, y in zip(jax.tree.leaves(nnx.state(kept_model, nnx.Param)), jax.tree.leaves(result.best_params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  c.sft.keep_evaluated = False  # the continuation below writes only its selection
+  # pinned in a repository (launch.pin_checkpoint), the copy holds everything the loaders need, and verifies
+  from launch import pin_checkpoint
+  pinned = str(tmp_path / "pinned")
+  manifest = pin_checkpoint.pin(out, pinned, "python -m launch.warmup ...", "test")
+  assert pin_checkpoint.verify(pinned) == manifest and manifest["selected_step"] == result.best_step
+  pinned_model, _ = hf_loader.load_hf_checkpoint(pinned)
+  for x, y in zip(jax.tree.leaves(nnx.state(pinned_model, nnx.Param)), jax.tree.leaves(result.best_params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(hf_loader.load_tokenizer(pinned)) == len(tok)
   assert result.best_step in (1, 2) and result.best_score is not None
   assert os.path.exists(os.path.join(out, "config.json")) and os.path.exists(os.path.join(out, "tokenizer.json"))
   loaded, cfg = hf_loader.load_hf_checkpoint(out)

@@ -23,8 +23,11 @@ def test_warmup_study_report_pipeline(tmp_path):
            "sft.batch_size=8"]
   printed = _run(["launch.study", f"--out={tmp_path / 'study'}", f"--warmup={tmp_path / 'warm' / 'warmup'}",
                   "--total_trajectories=16", "--eval_every=16", "--parallel=2", "--offline_sft_steps=2",
-                  "--runs=_warmup_eval,rods_s0,offline_s0", "--final_eval_tasks=4", *[f"--override={o}" for o in small]])
-  assert "rods_s0                  0" in printed and "offline_s0               0" in printed, printed
+                  "--runs=_warmup_eval,rods_s0,offline_s0", "--final_eval_tasks=4", f"--results_dir={tmp_path / 'runs'}",
+                  *[f"--override={o}" for o in small]])
+  assert "rods_s0                  0 (copied)" in printed and "offline_s0               0 (copied)" in printed, printed
+  # each finished run was copied into the results directory by the study itself
+  assert all((tmp_path / "runs" / run / "final_eval.json").exists() for run in ("rods_s0", "offline_s0"))
   # the offline arm trained on the offline split after its own supervised continuation
   assert os.path.exists(tmp_path / "study" / "offline_s0" / "offline_sft" / "warmup" / "config.json")
   docs = tmp_path / "docs"

@@ -362,6 +362,25 @@ def test_random_policy_invariants(env, seeds):
     assert r.progress == pytest.approx(sum(s and e for s, e in zip(r.turn_state, r.turn_exec)) / task.num_turns)
 
 
+def _content(task):
+  # what a policy is asked and scored on: the user turns and the ground-truth calls
+  return task.turns, json.dumps(task.gt_calls, sort_keys=True)
+
+
+def test_validation_split_is_balanced_and_disjoint_from_every_other_split(env, seeds, test_split):
+  val = env.load_tasks("validation")
+  assert len(val) == 200 and Counter(t.category for t in val) == {c: 50 for c in CATEGORIES}
+  assert {t.lineage.origin for t in val} == {"validation"}
+  assert [t.to_json() for t in val[:3]] == [tw_env.split_task("validation", i).to_json() for i in range(3)]
+  # The full 16,000-task offline split takes minutes to generate; a stride over all its category blocks stands in
+  # (the complete check found no shared content either when the split was added).
+  offline = [tw_env.split_task("offline", i) for i in range(0, 16_000, 80)]
+  others = seeds + test_split + offline
+  assert not {t.id for t in val} & {t.id for t in others}
+  assert not {_content(t) for t in val} & {_content(t) for t in others}
+  assert not {t.turns for t in val} & {t.turns for t in others}
+
+
 def test_registry_and_task_checks(env, seeds):
   with pytest.raises(ValueError, match=r"config.env.name='nope'"):
     make_env("nope", get_config().env)

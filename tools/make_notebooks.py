@@ -70,7 +70,7 @@ plt.show()"""),
 BOUNDARY = [
     ("md", "# Boundary analysis\n\nFrom a run's logs: zone fractions over time, within-group variance per zone, "
            "the first observed r̄ of injected variants and their lineage, and per-category learning curves. "
-           "By default it reads the committed compact logs of the lab study (`docs/runs/`); point `RUN` at any "
+           "By default it reads the committed compact logs of the third-pass lab study (`docs/runs_pass3/`); point `RUN` at any "
            "`launch.train` workdir."),
     ("code", INSTALL),
     ("code", """import gzip, json, glob
@@ -93,7 +93,7 @@ def load_workdir(d):
   events = [json.loads(l) for l in open(ev)] if os.path.exists(ev) else []
   return recs, events
 
-runs_dir = os.path.join(REPO, "docs", "runs")
+runs_dir = os.path.join(REPO, "docs", "runs_pass3")
 RUN = os.environ.get("RODS_RUN", "")
 candidates = sorted(glob.glob(os.path.join(runs_dir, "rods*")))
 if RUN:

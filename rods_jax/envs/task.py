@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 CATEGORIES = ("base", "miss_func", "miss_param", "long_context")
-ORIGINS = ("seed", "test", "offline", "synth", "augment")
+ORIGINS = ("seed", "test", "offline", "synth", "augment", "validation")
 
 
 @dataclasses.dataclass(frozen=True)

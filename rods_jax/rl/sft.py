@@ -306,13 +306,13 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
 
   Selection (``config.sft.select_by_zones``): every ``config.sft.eval_every`` steps, K = ``config.rollout.k``
   rollouts of ``config.sft.eval_tasks`` seeds (canonical worlds) give the zone fractions; the checkpoint with the
-  best ``zone_score`` is kept. Otherwise the last step is kept.
+  best ``zone_score`` is kept. Otherwise the last step is kept. ``config.sft.keep_evaluated``: every evaluated step
+  is also written, as ``<out_dir>_step<N>`` (``evaluated_dir``).
 
   ``parent_history`` (the ``sft_history.json`` of the checkpoint ``model`` was loaded from): this is a continuation;
   steps continue the parent's numbering (new batches) and the written history is cumulative
   (``continued_history``).
   """
-  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
   from rods_jax.rollout.engine import MultiTurnEngine, stop_token_ids  # pylint: disable=g-import-not-at-top
   from rods_jax.rollout.render import ChatRenderer  # pylint: disable=g-import-not-at-top
 
@@ -346,8 +346,13 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
   offset = 0 if parent_history is None else max((int(h["step"]) for h in parent_history["history"]), default=0)
   progress = console.Progress(config.logging, int(config.sft.steps), "step", "warm-up", console.SFT_HEADLINE)
 
+  kept: list[int] = []
+
   def log_fn(step: int, rec: dict[str, Any]) -> None:
     progress.update(step, step - offset, rec)
+    if "eval" in rec and config.sft.keep_evaluated:
+      _export(nnx.merge(trainer.graphdef, trainer.params), model_cfg, tokenizer, evaluated_dir(out_dir, step))
+      kept.append(step)
     if "eval" in rec:
       logging.info("warm-up step %d: seed zones %s", step, console.headline(
           rec["eval"], (("hard", "hard"), ("boundary", "boundary"), ("mastered", "mastered"),
@@ -360,10 +365,24 @@ def warm_up(model: nnx.Module, model_cfg, env, tokenizer, config, out_dir: str, 
     result = run_sft(trainer, batch_fn, int(config.sft.steps), eval_every=int(config.sft.eval_every),
                      eval_fn=eval_fn, log_fn=log_fn, step_offset=offset)
   selected = nnx.merge(trainer.graphdef, result.best_params)
-  hf_loader.export_hf_checkpoint(selected, model_cfg, out_dir)
+  _export(selected, model_cfg, tokenizer, out_dir)
   if jax.process_index() == 0:
-    tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "sft_history.json"), "w") as f:
-      hist = {"best_step": result.best_step, "best_score": result.best_score, "history": result.history}
-      json.dump(continued_history(parent_history, hist, parent_dir), f, indent=1, sort_keys=True)
+    hist = {"best_step": result.best_step, "best_score": result.best_score, "history": result.history}
+    hist = continued_history(parent_history, hist, parent_dir)
+    # Each kept step carries the same history, marked with the step its weights are from.
+    for d, h in [(out_dir, hist)] + [(evaluated_dir(out_dir, s), {**hist, "exported_step": s}) for s in kept]:
+      with open(os.path.join(d, "sft_history.json"), "w") as f:
+        json.dump(h, f, indent=1, sort_keys=True)
   return result
+
+
+def evaluated_dir(out_dir: str, step: int) -> str:
+  """Where ``warm_up`` with ``sft.keep_evaluated`` writes evaluated step ``step``: a sibling of ``out_dir``."""
+  return f"{os.path.normpath(out_dir)}_step{step}"
+
+
+def _export(model: nnx.Module, model_cfg, tokenizer, path: str) -> None:
+  from rods_jax.models import hf_loader  # pylint: disable=g-import-not-at-top
+  hf_loader.export_hf_checkpoint(model, model_cfg, path)
+  if jax.process_index() == 0:
+    tokenizer.save_pretrained(path)

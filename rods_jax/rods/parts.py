@@ -148,7 +148,7 @@ def build(config, workdir: str, synth_factory: Callable[[], Any] | None = None) 
                         behaviour="sampler" if config.train.overlap else "current")
   engine = MultiTurnEngine(learner.graphdef, tokenizer, ChatRenderer(tokenizer), config.rollout, model_cfg, mesh=mesh)
   # Round-robin over categories, so a capped evaluation still covers every category equally.
-  test_tasks = limit_seeds(env.load_tasks(config.env.test_split), int(config.train.eval_max_tasks))
+  test_tasks = limit_seeds(env.load_tasks(config.train.eval_split), int(config.train.eval_max_tasks))
   if config.rods.synthesis and synth_factory is None:
     synth_factory = pipeline_factory(config, synthesis_mode(config))
   multihost = jax.process_count() > 1

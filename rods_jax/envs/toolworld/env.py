@@ -14,8 +14,10 @@ from rods_jax.envs.toolworld import apis, generator
 from rods_jax.envs.toolworld.world import ToolWorld
 
 # split -> (size, lineage origin). Category blocks of size/4 each; every task has its own RNG stream
-# random.Random("toolworld/v<version>/<split>/<index>"), so splits never share a stream.
-SPLITS = MappingProxyType({"seeds": (400, "seed"), "test": (400, "test"), "offline": (16_000, "offline")})
+# random.Random("toolworld/v<version>/<split>/<index>"), so splits never share a stream. "validation" is for choices
+# made during a study (held-out curves, pilots), so the test split is touched by final evaluations only.
+SPLITS = MappingProxyType({"seeds": (400, "seed"), "test": (400, "test"), "offline": (16_000, "offline"),
+                           "validation": (200, "validation")})
 MAX_ATTEMPTS_PER_PROFILE = 20
 
 
