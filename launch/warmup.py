@@ -10,7 +10,7 @@ prints the zone fractions measured at every evaluation.
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from launch import _cli
