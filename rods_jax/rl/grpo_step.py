@@ -1,7 +1,8 @@
 """The GRPO step as pure functions: state and batch types, the optimizer, and the padded-layout ``train_step``.
 
 ``rl.bucketed`` runs the same objective over length-bucketed micro-batches; ``rl.learner.GRPOLearner`` holds the state
-and picks the layout (``config.grpo.layout``). One call of ``train_step(graphdef, state, batch)`` does, on device and without a host round trip:
+and picks the layout (``config.grpo.layout``). One call of ``train_step(graphdef, state, batch)`` does, on device
+and without a host round trip:
 
 1. group statistics of the rewards (``rods.detector.group_statistics``: r̄, variance, φ, zone, zero_std) — the
    boundary detector costs nothing extra;
@@ -255,7 +256,7 @@ def train_step(graphdef: nnx.GraphDef, state: LearnerState, batch: TrainBatch, *
     if state.ref_params is None:
       raise ValueError("config.grpo.kl_coef != 0 but the learner state has no ref_params")
     rows["ref"] = forward_logps(graphdef, state.ref_params, rows, float(cfg.temperature), int(cfg.logit_chunk))
-  if cfg.updates_per_batch > 1 and step_cfg.behaviour == "current":  # behaviour policy = params before this batch's first update
+  if cfg.updates_per_batch > 1 and step_cfg.behaviour == "current":  # behaviour = params before the first update
     rows["old"] = forward_logps(graphdef, state.params, rows, float(cfg.temperature), int(cfg.logit_chunk))
 
   def one_update(carry, xs):

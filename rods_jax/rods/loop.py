@@ -49,9 +49,10 @@ def _numpy_stats(rewards: np.ndarray, rods_cfg, tol: float):
 
 
 def rollout_step(parts: Parts, sample: Sample, rng: jax.Array, params):
-  """K rollouts per task of ``sample`` by the policy ``params``; with ``rods.dynamic_sampling``, groups with zero reward variance are dropped
-  and the batch is refilled from more tasks (up to ``dynamic_sampling_max_rounds`` rollout rounds, never aborting:
-  short of B informative groups, the batch is completed with zero-variance ones, which carry no gradient).
+  """K rollouts per task of ``sample`` by the policy ``params``; with ``rods.dynamic_sampling``, groups with zero
+  reward variance are dropped and the batch is refilled from more tasks (up to ``dynamic_sampling_max_rounds``
+  rollout rounds, never aborting: short of B informative groups, the batch is completed with zero-variance ones,
+  which carry no gradient).
 
   Returns (batch, sample actually trained on, trajectories consumed, metrics).
   """
