@@ -6,7 +6,6 @@ import os
 
 import jax
 import numpy as np
-import pytest
 
 from rods_jax.rods import loop
 from rods_jax.rollout.types import RolloutBatch
@@ -46,18 +45,6 @@ def test_select_groups_keeps_rows_of_each_group_together():
 
 
 # ------------------------------------------------------------------------------------------------ end to end (lab)
-@pytest.fixture(scope="module")
-def lab_tokenizer_dir(tmp_path_factory):
-  from rods_jax import envs
-  from rods_jax.models import lab_tokenizer
-  from configs import base
-  env = envs.make_env("toolworld", base.get_config().env)
-  texts = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks("seeds")[:60]]
-  out = str(tmp_path_factory.mktemp("labtok"))
-  lab_tokenizer.build_lab_tokenizer(out, texts, 1024)
-  return out
-
-
 def lab_config(tokenizer_dir, steps):
   from configs import arms, base
   c = arms.apply_arm(base.get_config(), "rods")

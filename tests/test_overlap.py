@@ -11,7 +11,7 @@ import pytest
 from rods_jax import metrics as metrics_lib
 from rods_jax.rods import loop
 from rods_jax.rollout.engine import MultiTurnEngine
-from test_loop import lab_config, lab_tokenizer_dir  # noqa: F401  (a fixture)
+from test_loop import lab_config
 
 STEPS = 6
 INNER = "RODS_JAX_OVERLAP_INNER"
@@ -54,7 +54,7 @@ def test_overlap_in_a_one_device_process():
 
 
 @pytest.mark.skipif(os.environ.get(INNER) != "1", reason="run by test_overlap_in_a_one_device_process")
-def test_overlap_resumes_exactly(tmp_path, lab_tokenizer_dir, monkeypatch):  # noqa: F811
+def test_overlap_resumes_exactly(tmp_path, lab_tokenizer_dir, monkeypatch):
   import jax
   assert jax.device_count() == 1
   c = overlap_config(lab_tokenizer_dir)

@@ -3,27 +3,14 @@ posterior metrics next to the other curriculum metrics, and resumes with its pos
 import os
 
 import jax
-import pytest
 
 from rods_jax import metrics as metrics_lib
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-  from rods_jax import envs
-  from rods_jax.models import lab_tokenizer
-  from configs import base
-  env = envs.make_env("toolworld", base.get_config().env)
-  texts = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks("seeds")[:60]]
-  out = str(tmp_path_factory.mktemp("labtok"))
-  lab_tokenizer.build_lab_tokenizer(out, texts, 1024)
-  return out
-
-
-def arm_config(tokenizer_dir, steps):
+def arm_config(lab_tokenizer_dir, steps):
   from configs import rods_posterior
   c = rods_posterior.get_config()
-  c.model.tokenizer_dir = tokenizer_dir
+  c.model.tokenizer_dir = lab_tokenizer_dir
   c.sft.steps = 0
   c.mesh.data, c.mesh.fsdp = jax.device_count(), 1
   c.rollout.tasks_per_step, c.rollout.k = 4, 2
@@ -44,12 +31,12 @@ def arm_config(tokenizer_dir, steps):
   return c
 
 
-def test_rods_posterior_arm_trains_logs_and_resumes_exactly(tmp_path, tokenizer_dir):
+def test_rods_posterior_arm_trains_logs_and_resumes_exactly(tmp_path, lab_tokenizer_dir):
   import orbax.checkpoint as ocp
   from rods_jax import checkpoint as ckpt_lib
   from rods_jax.rods import loop
   wd = str(tmp_path / "run")
-  c = arm_config(tokenizer_dir, steps=4)
+  c = arm_config(lab_tokenizer_dir, steps=4)
   st = loop.train(c, wd, evaluate_heldout=False)
   assert st.step == 4
   recs = [r for r in metrics_lib.read_jsonl(os.path.join(wd, "metrics.jsonl")) if "zones/boundary" in r]

@@ -8,7 +8,7 @@ same optimizer step and no-signal rule, the same metrics. Differences are only i
 
 * rows are cut to their micro-batch's bucket length L (positions ≥ L are padding in every row of it; the forward is
   causal, so the logits of the positions < L are unchanged);
-* a micro-batch may carry padding rows (row index −1): no token in the loss, not active;
+* rows are sorted by length before they are cut into micro-batches (the loss sums are order-free);
 * micro-batches are separate jitted calls dispatched asynchronously from the host (their shapes differ), each adding
   into a donated accumulator, instead of one ``lax.scan``.
 """
@@ -128,13 +128,19 @@ def apply_update(params: nnx.State, opt_state, step: jnp.ndarray, acc, *, step_c
                                    out)
 
 
-def plan(hb: HostBatch, cfg, row_multiple: int, bucket: int) -> list[list[buckets.MicroBatchPlan]]:
-  """The bucketed micro-batches of every optimizer update (token budget = the padded layout's micro-batch)."""
+@jax.jit
+def combine(per_update: list[dict[str, jnp.ndarray]]) -> dict[str, jnp.ndarray]:
+  """The step's metrics from each update's (``grpo_step.combine_updates`` on them stacked), in one jitted call: the
+  scalars may live on a mesh, where eager reductions would each be a program of their own."""
+  return grpo_step.combine_updates(jax.tree.map(lambda *xs: jnp.stack(xs), *per_update))
+
+
+def plan(hb: HostBatch, cfg, bucket: int) -> list[list[buckets.MicroBatchPlan]]:
+  """The bucketed micro-batches of every optimizer update: the padded layout's micro-batch rows, cut to buckets."""
   n_rows, t = hb.tokens.shape
   updates = int(cfg.updates_per_batch)
   n_micro, mb = grpo_step.plan_layout(n_rows, cfg.micro_batch, updates)
-  return buckets.plan_batch(hb.lengths, updates=updates, n_micro=n_micro, token_budget=mb * t, bucket=bucket,
-                            max_len=t, row_multiple=row_multiple)
+  return buckets.plan_batch(hb.lengths, updates=updates, n_micro=n_micro, rows=mb, bucket=bucket, max_len=t)
 
 
 def accumulate(graphdef: nnx.GraphDef, params: nnx.State, ref_params: nnx.State | None, micros: list[dict],
@@ -152,11 +158,12 @@ def device_micro_batches(hb: HostBatch, plans: list[list[buckets.MicroBatchPlan]
 
 
 def train_step(graphdef: nnx.GraphDef, state: grpo_step.LearnerState, hb: HostBatch, *,
-               step_cfg: grpo_step.StepConfig, put: Callable[[np.ndarray], jax.Array], row_multiple: int,
-               bucket: int) -> tuple[grpo_step.LearnerState, dict[str, jnp.ndarray], detector.GroupStats]:
+               step_cfg: grpo_step.StepConfig, put: Callable[[np.ndarray], jax.Array], bucket: int
+               ) -> tuple[grpo_step.LearnerState, dict[str, jnp.ndarray], detector.GroupStats]:
   """One GRPO update of ``state`` on the host batch ``hb``, bucketed (module docstring). ``put`` places a host
-  array on the device(s) (rows sharded over (data, fsdp) on a mesh); ``row_multiple`` divides every micro-batch's
-  row count. Donates ``state``'s params and optimizer state. Returns (state, device metrics, group stats)."""
+  array on the device(s) (rows sharded over (data, fsdp) on a mesh; the micro-batch rows, ``grpo.micro_batch``,
+  are a multiple of data x fsdp, as validated). Donates ``state``'s params and optimizer state. Returns (state,
+  device metrics, group stats)."""
   cfg = step_cfg.grpo_cfg()
   if hb.rewards.size != hb.tokens.shape[0]:
     raise ValueError(f"rewards {hb.rewards.shape} do not match the {hb.tokens.shape[0]} token rows (n = b*K + k)")
@@ -165,7 +172,7 @@ def train_step(graphdef: nnx.GraphDef, state: grpo_step.LearnerState, hb: HostBa
   stats, adv, active, metrics = prepare_groups(jnp.asarray(hb.rewards), jnp.asarray(hb.valid.sum(1)),
                                                jnp.asarray(hb.mask.sum(1)), state.step, step_cfg=step_cfg)
   ref = state.ref_params if cfg.kl_coef != 0 else None
-  plans = plan(hb, cfg, row_multiple, bucket)
+  plans = plan(hb, cfg, bucket)
   micros = device_micro_batches(hb, plans, put)
   if int(cfg.updates_per_batch) > 1 and step_cfg.behaviour == "current":  # behaviour = params before the batch
     for update in micros:
@@ -178,6 +185,6 @@ def train_step(graphdef: nnx.GraphDef, state: grpo_step.LearnerState, hb: HostBa
     acc = accumulate(graphdef, params, ref, update, adv, active, step_cfg)
     params, opt_state, step, m_u = apply_update(params, opt_state, step, acc, step_cfg=step_cfg)
     per_update.append(m_u)
-  metrics.update(grpo_step.combine_updates(jax.tree.map(lambda *xs: jnp.stack(xs), *per_update)))
+  metrics.update(combine(per_update))
   metrics["token_slots"] = jnp.asarray(buckets.padded_token_slots(plans), jnp.float32)
   return grpo_step.LearnerState(step, params, opt_state, state.ref_params), metrics, stats

@@ -137,10 +137,6 @@ class GRPOLearner:
       return jnp.asarray(x)
     return global_array(np.ascontiguousarray(x), sharding_lib.batch_sharding(self.mesh, x.ndim))
 
-  def row_multiple(self) -> int:
-    """Rows of every bucketed micro-batch are a multiple of this: the mesh's data-parallel size."""
-    return 1 if self.mesh is None else int(self.mesh.shape["data"] * self.mesh.shape["fsdp"])
-
   def dispatch(self, batch):
     """Dispatches one GRPO update on a RolloutBatch without waiting for it (JAX async dispatch); returns the device
     (metrics, GroupStats). ``fetch`` turns them into host values."""
@@ -151,7 +147,7 @@ class GRPOLearner:
       else:
         self.state, metrics, stats = bucketed.train_step(
             self.graphdef, self.state, bucketed.host_batch(host_arrays(batch)), step_cfg=self.step_cfg, put=self._put,
-            row_multiple=self.row_multiple(), bucket=self.bucket_tokens)
+            bucket=self.bucket_tokens)
     return metrics, stats
 
   @staticmethod
