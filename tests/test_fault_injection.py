@@ -145,6 +145,9 @@ def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(tmp_p
     left = {k: names[k] for k in kids if _alive(k)}
     assert not left, f"processes of the killed trainer alive 5 s after the kill (seed {seed}): {left}"
     killed_at = _steps_logged(run_dir)
+    _, at_kill = _final_host_state(run_dir)  # the checkpoint the resumed run starts from
+    client = at_kill["curriculum"]["client"]
+    assert client["waiting"] or client["held"], "synthesis requests were in flight at the checkpoint"
     resumed = _trainer(run_dir, lab_tokenizer_dir, cache, run_log)
     assert resumed.wait(600) == 0, _tail(run_log)
     assert ref.wait(600) == 0, _tail(ref_log)
