@@ -36,7 +36,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as ocp_preservation
 
 PyTree = Any
 
@@ -156,9 +155,10 @@ class CheckpointManager:
 
   def _make_manager(self, protected: int | None) -> ocp.CheckpointManager:
     """Keep the last ``cfg.keep`` steps, and ``protected`` (the step this run resumed from) too."""
-    policy = ocp_preservation.LatestN(self._cfg.keep)
+    managers = ocp.checkpoint_managers
+    policy = managers.LatestN(self._cfg.keep)
     if protected is not None:
-      policy = ocp_preservation.AnyPreservationPolicy([policy, ocp_preservation.CustomSteps([protected])])
+      policy = managers.AnyPreservationPolicy([policy, managers.CustomSteps([protected])])
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=self._cfg.every_steps,
         preservation_policy=policy,

@@ -2,12 +2,13 @@
 
 ``validate(config, num_devices)`` raises ``ConfigError`` (a ``ValueError``) whose message starts with the offending
 field (``config.mesh.data=3 ...``). It checks, in order: every key exists in ``configs/base.py`` with the base value's
-type, and floats are finite (typos such as ``rods.pmax`` fail, with a suggestion); names that select code (arm, model preset, environment,
-advantage, loss, aggregation, KL estimator, seed selection, synthesis backend, dtype) are known; ranges; the arm's
-defining fields (``configs/arms.py``); and cross-field consistency (mesh vs device count, batch vs data-parallel size,
-alpha_low < alpha_high, cache capacity vs trajectory budget, ...). Two more checks for the launchers, before any
-work: ``check_override_names(argv)`` (``--config.<field>=`` flags naming no field, before ml_collections parses them)
-and ``check_paths(config)`` (the local checkpoint / tokenizer directories the run will read exist).
+type, and floats are finite (typos such as ``rods.pmax`` fail, with a suggestion); names that select code (arm, model
+preset, environment, advantage, loss, aggregation, KL estimator, seed selection, synthesis backend, dtype) are known;
+ranges; the arm's defining fields (``configs/arms.py``); and cross-field consistency (mesh vs device count, batch
+vs data-parallel size, alpha_low < alpha_high, cache capacity vs trajectory budget, ...). Two more checks for the
+launchers, before any work: ``check_override_names(argv)`` (``--config.<field>=`` flags naming no field, before
+ml_collections parses them) and ``check_paths(config)`` (the local checkpoint / tokenizer directories the run reads
+exist).
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def check_override_names(argv: Sequence[str]) -> None:
     name, eq, value = arg[len("--config."):].partition("=")
     if not eq and i + 1 < len(argv):
       value = argv[i + 1]
-    if name not in known:
+    if name not in known and name + "." not in known:
       raise _unknown(name, known, value)
 
 

@@ -215,3 +215,45 @@ def test_two_hosts_stay_identical_when_the_primary_shares_its_outcomes(tmp_path,
   events = [json.loads(x) for x in open(tmp_path / "p" / "pool_events.jsonl")]
   assert {"first_obs", "injected"} <= {e["event"] for e in events}
   assert not os.path.exists(tmp_path / "s" / "pool_events.jsonl")
+
+
+def test_crash_after_a_step_past_the_checkpoint_resumes_exactly_with_a_worker_process(tmp_path):
+  """A real worker, synthesis.lag_steps=1: the run dies one step after its checkpoint, with requests in flight and
+  candidates of that step already in the log. The resumed run re-submits the requests, replays the log and ends
+  exactly where an uninterrupted run does (a re-delivered candidate is neither staged nor counted twice)."""
+  rods, syn = configs(process=True)
+  syn.lag_steps = 1
+  seeds = seed_tasks(16, np.random.default_rng(1))
+  strip = lambda logs: [{k: v for k, v in m.items() if not k.endswith("_s") and k not in (  # noqa: E731
+      "synth/in_flight", "synth/request_depth", "synth/result_depth")} for m in logs]
+  b = Curriculum(seeds, rods, syn, str(tmp_path / "b"), slow_variant_factory, "synthesize", seed=4)
+  rng_b = np.random.default_rng(2)
+  try:
+    run(b, rng_b, 23)
+    state = json.loads(json.dumps(b.state_dict()))  # the checkpoint after step 22
+    rng_state = rng_b.bit_generator.state
+    assert state["client"]["waiting"] or state["client"]["held"]  # synthesis in flight at the checkpoint
+    staged_before = b.buffer.counters["accepted"]
+    run(b, rng_b, 1, start=23)  # one more step, then the trainer dies before its checkpoint
+    assert b.buffer.counters["accepted"] > staged_before  # ... with candidates of that step in the log
+    os.kill(b.client.pid, signal.SIGKILL)
+  finally:
+    b.close()
+  c = Curriculum(seeds, rods, syn, str(tmp_path / "b"), slow_variant_factory, "synthesize", seed=4)
+  try:
+    assert c.load_state_dict(state)  # candidates re-staged from the log
+    rng_c = np.random.default_rng()
+    rng_c.bit_generator.state = rng_state
+    lc = run(c, rng_c, 17, start=23)
+  finally:
+    c.close()
+  rng_a = np.random.default_rng(2)
+  a2 = Curriculum(seeds, rods, syn, str(tmp_path / "a2"), slow_variant_factory, "synthesize", seed=4)
+  try:
+    la = run(a2, rng_a, 40)
+  finally:
+    a2.close()
+  assert json.dumps(strip(la[23:])) == json.dumps(strip(lc))
+  assert json.dumps(a2.state_dict()["buffer"], sort_keys=True) == json.dumps(c.state_dict()["buffer"], sort_keys=True)
+  assert c.state_dict()["replayed"] == [] and c.buffer.counters["duplicates"] == 0
+  assert open(tmp_path / "a2" / CANDIDATE_LOG).read() == open(tmp_path / "b" / CANDIDATE_LOG).read()

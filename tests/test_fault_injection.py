@@ -119,7 +119,8 @@ def _final_host_state(workdir):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
 def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(tmp_path, lab_tokenizer_dir):
-  seed = random.randrange(1 << 30)
+  # A fresh kill point every run; a failure names its seed, and RODS_FAULT_SEED=<seed> replays that kill point.
+  seed = int(os.environ.get("RODS_FAULT_SEED", random.randrange(1 << 30)))
   where = random.Random(seed)
   cache = str(tmp_path / "xla_cache")
   ref_dir, run_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
@@ -145,6 +146,9 @@ def test_kill_9_at_a_random_point_then_resume_equals_the_uninterrupted_run(tmp_p
     left = {k: names[k] for k in kids if _alive(k)}
     assert not left, f"processes of the killed trainer alive 5 s after the kill (seed {seed}): {left}"
     killed_at = _steps_logged(run_dir)
+    _, at_kill = _final_host_state(run_dir)  # the checkpoint the resumed run starts from
+    client = at_kill["curriculum"]["client"]
+    assert client["waiting"] or client["held"], "synthesis requests were in flight at the checkpoint"
     resumed = _trainer(run_dir, lab_tokenizer_dir, cache, run_log)
     assert resumed.wait(600) == 0, _tail(run_log)
     assert ref.wait(600) == 0, _tail(ref_log)
