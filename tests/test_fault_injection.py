@@ -39,18 +39,6 @@ OVERRIDES = [
 _VOLATILE = ("wall_time", "synth/in_flight", "synth/request_depth", "synth/result_depth")
 
 
-@pytest.fixture(scope="module")
-def lab_tokenizer_dir(tmp_path_factory):
-  from configs import base
-  from rods_jax import envs
-  from rods_jax.models import lab_tokenizer
-  env = envs.make_env("toolworld", base.get_config().env)
-  texts = [lab_tokenizer.conversation_text(t, env) for t in env.load_tasks("seeds")[:60]]
-  out = str(tmp_path_factory.mktemp("labtok"))
-  lab_tokenizer.build_lab_tokenizer(out, texts, 1024)
-  return out
-
-
 def _trainer(workdir, tokenizer_dir, cache_dir, log):
   env = dict(os.environ, PYTHONPATH=_REPO, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache_dir,
