@@ -69,7 +69,9 @@ flags.DEFINE_integer("decode_kv_len", 384, "decode suite: attention length (cach
 flags.DEFINE_integer("decode_steps", 32, "decode suite: steps per timed decode call.")
 flags.DEFINE_list("grpo_rows", ["64", "256"], "grpo_step suite: rows per step (tasks_per_step x --grpo_k).")
 flags.DEFINE_integer("grpo_k", 8, "grpo_step suite: rollouts per task.")
-flags.DEFINE_integer("grpo_warmup", 2, "grpo_step suite: untimed steps per variant first (compilations).")
+flags.DEFINE_integer("grpo_warmup", 3, "grpo_step suite: untimed steps per variant first (compilations).")
+flags.DEFINE_integer("grpo_sft_steps", 400, "grpo_step suite without --checkpoint_dir: supervised warm-up steps of "
+                     "the policy, so its trajectories approach the gold lengths (the JSON reports both).")
 flags.DEFINE_integer("seed", 0, "Seed of the model init and the sampler.")
 flags.DEFINE_float("min_stopped_frac", 0.0, "If in (0, 1] and not the config's value: also time the engine with "
                    "config.rollout.min_stopped_frac set to this (decode returns to the host once this fraction of "
@@ -254,6 +256,18 @@ def train_suite(config, *, preset: str, vocab: int, batch: int, seq: int, repeat
                          grpo_cfg=None, optim_cfg=config.optim, rods_cfg=config.rods, seed=seed)
 
 
+def gold_mean_length(env, tok, config, n_tasks: int = 200) -> float:
+  """Mean length of the gold trajectories of the first seed tasks, rendered as the SFT warm-up renders them."""
+  from rods_jax.rl import sft
+  from rods_jax.rollout.engine import stop_token_ids
+  from rods_jax.rollout.render import ChatRenderer
+  stop_id = stop_token_ids(tok, tuple(config.rollout.stop_strings))[0]
+  renderer = ChatRenderer(tok)
+  steps = int(config.rollout.max_steps_per_turn)
+  return float(np.mean([len(sft.render_gold(env, t, renderer, stop_id, steps).tokens)
+                        for t in env.load_tasks("seeds")[:n_tasks]]))
+
+
 def grpo_step_suite(config) -> dict[str, Any]:
   """Full GRPO steps from a warm policy: ``--checkpoint_dir``, or --sft_steps of warm-up made here and exported."""
   from launch import grpo_step_bench
@@ -263,7 +277,8 @@ def grpo_step_suite(config) -> dict[str, Any]:
     warm_dir, policy_info = FLAGS.checkpoint_dir, {"checkpoint_dir": FLAGS.checkpoint_dir}
     if not warm_dir:
       env, tok, model, model_cfg = _lab_setup(config, FLAGS.tokenizer_dir, "", FLAGS.preset, FLAGS.seed)
-      model, policy_info = _warm_up(model, env, tok, config, FLAGS.sft_steps, FLAGS.sft_batch, FLAGS.seed)
+      model, policy_info = _warm_up(model, env, tok, config, FLAGS.grpo_sft_steps, FLAGS.sft_batch, FLAGS.seed)
+      policy_info["gold_mean_len"] = gold_mean_length(env, tok, config)
       warm_dir = os.path.join(tmp, "warm")
       hf_loader.export_hf_checkpoint(model, model_cfg, warm_dir)
       tok.save_pretrained(warm_dir)
