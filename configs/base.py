@@ -97,9 +97,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.micro_batch = 64  # rows per gradient-accumulation micro-batch
   c.grpo.logit_chunk = 0  # >0: LM head + log-softmax this many positions at a time, rematerialised (big vocabularies)
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
-  # bucketed: rows sorted by length into micro-batches cut to multiples of bucket_tokens (the update costs the real
-  # tokens; rods_jax/rl/buckets.py); padded: every row at max_trajectory_tokens (the original layout, same objective)
-  c.grpo.layout = "bucketed"
+  # padded: every row at the batch's width, one jitted program (the original layout); bucketed: rows sorted by length
+  # into micro-batches cut to multiples of bucket_tokens (rods_jax/rl/buckets.py; same objective and gradient). On
+  # the 2-core CPU lab at 256 rows bucketed computed 12 % fewer positions but its update ran slower (20.5 vs 15.2 s,
+  # docs/benchmarks/cpu_grpo_step.json), so padded stays the default until that is understood.
+  c.grpo.layout = "padded"
   c.grpo.bucket_tokens = 64
 
   # --- optimizer ---

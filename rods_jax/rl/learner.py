@@ -1,9 +1,9 @@
 """``GRPOLearner``: holds the learner state and runs one GRPO step per rollout batch, in the configured layout.
 
-* ``config.grpo.layout = "bucketed"`` (default): ``rl.bucketed`` — rows sorted by length into micro-batches cut to a
+* ``config.grpo.layout = "bucketed"``: ``rl.bucketed`` — rows sorted by length into micro-batches cut to a
   few bucket lengths, so the forward/backward and the reference forward cost the batch's real tokens;
-* ``"padded"``: ``rl.grpo_step.train_step`` — every row at the batch's full width in one jitted call (the original
-  layout, kept as the reference and for benchmarks).
+* ``"padded"`` (default): ``rl.grpo_step.train_step`` — every row at the batch's full width in one jitted call (the
+  original layout; on the CPU lab still the faster one at 256 rows, docs/results.md "GRPO step").
 
 Both compute the same objective (tests/test_bucketed.py). ``behaviour="sampler"`` makes the batch's sampler
 log-probs the behaviour policy (a batch sampled by an older policy, ``train.overlap``).
