@@ -8,11 +8,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_decode_suite_in_a_fresh_process_writes_its_json(tmp_path):
-  from launch import benchmark
-  # run_isolated drops the caller's --suite/--out/--vocab and sets its own, keeping every other flag
+  # run_isolated drops the caller's --suite/--out/--vocab and sets its own, keeping every other flag. Called in a
+  # process of its own: launch modules define absl flags at import, and other tests import launch.study (--out too).
   argv = ["benchmark", "--suite=all", "--out=x.json", "--vocab=7", "--preset=lab_tiny", "--decode_rows=4",
           "--decode_kv_len=64", "--decode_steps=4", "--repeats=1", "--warmup=0"]
-  got = benchmark.run_isolated("decode", 96, argv)
+  code = ("import json, sys; from launch import benchmark; "
+          f"print('RESULT' + json.dumps(benchmark.run_isolated('decode', 96, {argv!r})))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+  got = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert got["rows"] == 4 and got["kv_len"] == 64 and got["steps"] == 4
   assert got["step_ms"] > 0 and 0 < got["mbu"] and got["stream_gbps"] > 0
   import jax

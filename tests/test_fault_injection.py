@@ -89,7 +89,7 @@ def _alive(pid):
 
 def _metrics(workdir):
   recs = metrics_lib.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  return [{k: v for k, v in r.items() if not (k.startswith("time/") or k.endswith("_s") or k in _VOLATILE)}
+  return [{k: v for k, v in r.items() if not (k.startswith(("time/", "timing_s/")) or k.endswith("_s") or k in _VOLATILE)}
           for r in recs]
 
 

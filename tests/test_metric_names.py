@@ -73,9 +73,9 @@ def test_docs_name_every_public_key():
 
 def test_committed_old_logs_read_under_public_names():
   from launch import report
-  runs = report.load(os.path.join(_REPO, "docs", "runs"))
+  runs = report.load(os.path.join(_REPO, "docs", "runs_pass3"))
   recs = runs["rods_s0"]["records"]
-  raw = [json.loads(x) for x in gzip.open(os.path.join(_REPO, "docs", "runs", "rods_s0", "metrics.jsonl.gz"), "rt")]
+  raw = [json.loads(x) for x in gzip.open(os.path.join(_REPO, "docs", "runs_pass3", "rods_s0", "metrics.jsonl.gz"), "rt")]
   train = [(r, o) for r, o in zip(recs, raw) if "reward/mean" in o]
   assert train and all(r["critic/score/mean"] == o["reward/mean"] for r, o in train)
   assert all(r["zones/zero_std"] == o["zones/zero_std"] and "grpo/frac_zero_std" not in r for r, o in train)

@@ -332,7 +332,8 @@ def test_curriculum_selects_seeds_by_the_posterior_zone(tmp_path, detector, sent
   from rods_jax.rods.buffer import Sample
   rods = base.get_config().rods
   rods.detector, rods.seeds_per_step, rods.seeds_per_category, rods.cooldown_steps = detector, 4, 1, 1
-  syn = ml_collections.ConfigDict(dict(process=False, exchange_dir="", request_queue_size=16, result_queue_size=16))
+  syn = ml_collections.ConfigDict(dict(process=False, exchange_dir="", request_queue_size=16, result_queue_size=16,
+                                      lag_steps=-1))
   seeds = [make_task(f"s{i}").replace(category=("base", "miss_func", "miss_param", "long_context")[i])
            for i in range(4)]
   cur = Curriculum(seeds, rods, syn, str(tmp_path), no_variant_factory, "synthesize", seed=0, group_size=8)
