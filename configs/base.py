@@ -99,8 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.grpo.updates_per_batch = 1  # optimizer steps per rollout batch (1 = fully on-policy)
   # padded: every row at the batch's width, one jitted program (the original layout); bucketed: rows sorted by length
   # into micro-batches cut to multiples of bucket_tokens (rods_jax/rl/buckets.py; same objective and gradient). On
-  # the 2-core CPU lab at 256 rows bucketed computed 12 % fewer positions but its update ran slower (20.5 vs 15.2 s,
-  # docs/benchmarks/cpu_grpo_step.json), so padded stays the default until that is understood.
+  # the 2-core CPU lab at 256 rows the bucketed update ran slower than the padded one although it computed fewer
+  # positions (launch.benchmark --suite=grpo_step; docs/results.md): padded stays the default until that is understood.
   c.grpo.layout = "padded"
   c.grpo.bucket_tokens = 64
 

@@ -293,19 +293,18 @@ def apply_gradients(optimizer, params, opt_state, step, grads, out: losses.LossO
 def combine_updates(per_update: dict[str, Any]) -> dict[str, Any]:
   """Step metrics from per-update metrics stacked on a leading [U] axis: sampler/* from update 0 (measured at the
   pre-update params), *_max / *_min by max / min, tokens and updates as sums, the rest as means."""
-  xp = jnp
   metrics = {}
   for key, v in per_update.items():
     if key.startswith("sampler/"):
       metrics[key] = v[0]
     elif key.endswith("_max"):
-      metrics[key] = xp.max(v)
+      metrics[key] = jnp.max(v)
     elif key.endswith("_min"):
-      metrics[key] = xp.min(v)
+      metrics[key] = jnp.min(v)
     else:
-      metrics[key] = xp.mean(v)
-  metrics["tokens"] = xp.sum(per_update["tokens"])
-  metrics["updates"] = xp.sum(1.0 - per_update["skipped"])
+      metrics[key] = jnp.mean(v)
+  metrics["tokens"] = jnp.sum(per_update["tokens"])
+  metrics["updates"] = jnp.sum(1.0 - per_update["skipped"])
   return metrics
 
 
